@@ -1,0 +1,5 @@
+import sys
+
+from mindxh.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""Exceptions that mean "the user's input is wrong", shown as one line, not a traceback."""
+from mindxh.config import RecipeError
+from mindxh.train.checkpoint import CheckpointError
+from mindxh.train.runtime import LaunchError
+from mindxh.train.trainer import TrainingError
+
+USER_ERRORS = (RecipeError, CheckpointError, LaunchError, TrainingError, FileNotFoundError)

@@ -1,0 +1,60 @@
+"""`mindxh` command line: one sub-command per stage, all driven by recipes.
+
+User errors (bad recipe, missing file, unusable output directory) print one `error:` line
+and exit 2; a traceback means a bug in mindxh.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mindxh.cli import recipe_cmd, train_cmd
+from mindxh.tokenizer import cli as tokenizer_cli
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("[mindxh] %(message)s"))
+    root = logging.getLogger("mindxh")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mindxh", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_cmd.register(sub)
+    recipe_cmd.register(sub)
+    tokenizer_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from mindxh.cli.errors import USER_ERRORS
+
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

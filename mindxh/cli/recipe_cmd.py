@@ -1,0 +1,25 @@
+"""`mindxh recipe show RECIPE [--set k=v]`: print the fully resolved recipe."""
+from __future__ import annotations
+
+import argparse
+
+from mindxh.config import load_recipe, recipe_to_yaml
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set model.hidden_size=256 (repeatable)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("recipe", help="inspect recipes")
+    inner = parser.add_subparsers(dest="recipe_command", required=True)
+    show = inner.add_parser("show", help="print the resolved recipe (bases and --set applied)")
+    show.add_argument("recipe", help="path to a recipe YAML file")
+    add_set_option(show)
+    show.set_defaults(func=run_show)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    print(recipe_to_yaml(load_recipe(args.recipe, args.overrides)), end="")
+    return 0

@@ -1,0 +1,198 @@
+"""A dense decoder of the Llama / Qwen line, in MindSpore, readable in one sitting.
+
+    tokens -> embedding -> L x [RMSNorm -> attention (RoPE, GQA) -> +residual,
+                                RMSNorm -> SwiGLU MLP -> +residual] -> RMSNorm -> logits
+
+Options follow the families: grouped-query attention (num_kv_heads < num_heads, Llama 2/3),
+q/k/v bias (Qwen2), RMSNorm on q and k per head (Qwen3), tied or untied embeddings.
+Only ops with CPU kernels in both PyNative and graph mode are used, in float32, so the same
+cell trains on a laptop and compiles on Ascend. Weights start from a seeded NumPy generator,
+which makes initialisation independent of the MindSpore mode and bitwise reproducible.
+Weight layout is [out, in] like Hugging Face and mindformers, for checkpoint interchange.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from mindxh.config.schema import ModelConfig
+
+_MASKED = -1e9  # additive mask value: finite, so a fully masked row cannot produce NaN
+
+
+def _normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> Tensor:
+    return Tensor(rng.normal(0.0, std, size=shape).astype(np.float32))
+
+
+class Linear(nn.Cell):
+    """y = x W^T (+ b), W of shape [out, in]."""
+
+    def __init__(self, weight: Tensor, bias: bool = False):
+        super().__init__()
+        self.weight = Parameter(weight, name="weight")
+        self.bias = Parameter(Tensor(np.zeros(weight.shape[0], np.float32)), name="bias") if bias else None
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x):
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(shape[:-1] + (self.weight.shape[0],))
+
+
+class RMSNorm(nn.Cell):
+    """x / rms(x) * g (Zhang & Sennrich 2019), statistics in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
+        self.eps = eps
+
+    def construct(self, x):
+        variance = ops.mean(x * x, -1, keep_dims=True)
+        return x * ops.rsqrt(variance + self.eps) * self.weight
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos/sin tables [max_len, head_dim] for rotate-half RoPE (Su et al. 2021)."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    angles = np.outer(np.arange(max_len, dtype=np.float64), inv_freq)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return Tensor(np.cos(angles).astype(np.float32)), Tensor(np.sin(angles).astype(np.float32))
+
+
+def apply_rope(x, cos, sin):
+    """x: [B, heads, S, D]; cos/sin: [S, D]."""
+    half = x.shape[-1] // 2
+    rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Cell):
+    """Causal self-attention with grouped KV heads, computed without repeating K/V."""
+
+    def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
+        super().__init__()
+        h, d, kv = cfg.hidden_size, cfg.head_dim, cfg.num_kv_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, kv, d
+        self.group = cfg.num_heads // kv
+        out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+        self.wq = Linear(_normal(rng, (cfg.num_heads * d, h), cfg.init_std), cfg.qkv_bias)
+        self.wk = Linear(_normal(rng, (kv * d, h), cfg.init_std), cfg.qkv_bias)
+        self.wv = Linear(_normal(rng, (kv * d, h), cfg.init_std), cfg.qkv_bias)
+        self.wo = Linear(_normal(rng, (h, cfg.num_heads * d), out_std))
+        self.q_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
+        self.scale = 1.0 / math.sqrt(d)
+
+    def construct(self, x, cos, sin, mask):
+        b, s, _ = x.shape
+        kv, g, d = self.num_kv_heads, self.group, self.head_dim
+        q = self.wq(x).reshape(b, s, kv * g, d)
+        k = self.wk(x).reshape(b, s, kv, d)
+        v = self.wv(x).reshape(b, s, kv, d)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin)  # [B, H, S, D]
+        k = apply_rope(k.transpose(0, 2, 1, 3), cos, sin)  # [B, KV, S, D]
+        v = v.transpose(0, 2, 1, 3)
+        # heads of one KV group share K/V: fold the group into the query length
+        q = q.reshape(b, kv, g * s, d)
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale  # [B, KV, G*S, S]
+        scores = scores.reshape(b, kv, g, s, s) + mask
+        probs = ops.softmax(scores, -1).reshape(b, kv, g * s, s)
+        out = ops.matmul(probs, v).reshape(b, kv * g, s, d)  # heads in q's order
+        return self.wo(out.transpose(0, 2, 1, 3).reshape(b, s, kv * g * d))
+
+
+class MLP(nn.Cell):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
+        super().__init__()
+        h, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate = Linear(_normal(rng, (f, h), cfg.init_std))
+        self.up = Linear(_normal(rng, (f, h), cfg.init_std))
+        self.down = Linear(_normal(rng, (h, f), cfg.init_std / math.sqrt(2 * cfg.num_layers)))
+
+    def construct(self, x):
+        return self.down(ops.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Cell):
+    def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg, rng)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = MLP(cfg, rng)
+
+    def construct(self, x, cos, sin, mask):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Decoder(nn.Cell):
+    """The language model: token ids [B, S] -> logits [B, S, V]."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set (resolve it from the tokenizer)")
+        self.cfg = cfg
+        rng = np.random.default_rng(seed)
+        self.embed = Parameter(_normal(rng, (cfg.vocab_size, cfg.hidden_size), cfg.init_std),
+                               name="embed.weight")
+        self.layers = nn.CellList([Block(cfg, rng) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else Linear(
+            _normal(rng, (cfg.vocab_size, cfg.hidden_size), cfg.init_std))
+        self.cos, self.sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        causal = np.triu(np.full((cfg.max_seq_len, cfg.max_seq_len), _MASKED, np.float32), 1)
+        self.causal_mask = Tensor(causal)
+        self.matmul_t = ops.MatMul(transpose_b=True)
+
+    def construct(self, tokens):
+        s = tokens.shape[1]
+        cos, sin, mask = self.cos[:s], self.sin[:s], self.causal_mask[:s, :s]
+        x = ops.gather(self.embed, tokens, 0)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        x = self.norm(x)
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        b, _, h = x.shape
+        return self.matmul_t(x.reshape(b * s, h), self.embed).reshape(b, s, -1)
+
+
+class LossCell(nn.Cell):
+    """Mean next-token cross entropy (nats) over targets that are not `ignore_index` (-100)."""
+
+    def __init__(self, model: Decoder):
+        super().__init__()
+        self.model = model
+
+    def construct(self, inputs, targets):
+        logits = self.model(inputs)
+        vocab = logits.shape[-1]
+        return ops.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1),
+                                 ignore_index=-100, reduction="mean")
+
+
+def count_parameters(model: Decoder) -> dict[str, int]:
+    """Exact counts. `non_embedding` excludes only the input lookup table; a tied head is the
+    same matrix, so it counts in `total` once and its matmul is added back for FLOPs."""
+    total = sum(int(np.prod(p.shape)) for p in model.get_parameters())
+    embedding = int(np.prod(model.embed.shape))
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+
+def build_model(cfg: ModelConfig, seed: int) -> Decoder:
+    return Decoder(cfg, seed)
+
+
+__all__ = ["Decoder", "LossCell", "build_model", "count_parameters", "rope_tables"]

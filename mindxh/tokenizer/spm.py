@@ -1,0 +1,261 @@
+"""SentencePiece tokenizer with the reasoning special tokens.
+
+Choices, and why:
+
+* Fixed ids ``<pad>=0 <unk>=1 <s>=2 </s>=3`` so configs and data agree.
+* ``<think> </think> <answer> </answer>`` are user-defined symbols: always one
+  id, never split, so rewards and masks can find them by id.
+* ``split_digits``: every digit is its own token, which arithmetic needs.
+* ``byte_fallback``: any character round trips (costs 256 byte pieces, so the
+  vocabulary must be larger than about 260 + the corpus's distinct characters).
+* Identity normalisation, no dummy prefix, no whitespace squashing: so
+  ``decode(encode(t)) == t`` exactly, spaces and newlines included.
+* Newlines: SentencePiece treats each *line* of an input file as a sentence,
+  so a model trained from files never sees ``"\\n"`` and encodes it with the
+  byte piece ``<0x0A>`` (still one id, still a round trip).
+  :func:`train_from_texts` passes whole documents instead, so ``"\\n"`` is
+  learnt as an ordinary character.
+* Determinism: training is single threaded, unshuffled, unsampled, and the
+  model is taken from memory (no file names end up inside it), so the same
+  input gives a byte-identical ``.model`` file wherever it is trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import sentencepiece as spm
+
+__all__ = ["REASONING_TOKENS", "Tokenizer", "train", "train_from_texts"]
+
+logger = logging.getLogger(__name__)
+
+REASONING_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+_MODEL_TYPES = ("bpe", "unigram", "char", "word")
+# SentencePiece silently skips longer sentences (default 4192 bytes); whole
+# documents from train_from_texts can be longer than one line of a file.
+_MAX_SENTENCE_BYTES = 1 << 16
+
+
+class Tokenizer:
+    """A loaded SentencePiece model plus the ids the training code needs."""
+
+    def __init__(self, model_bytes: bytes, path: str | None = None) -> None:
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(model_bytes)
+        except (RuntimeError, OSError) as exc:
+            where = path or "<bytes>"
+            raise ValueError(f"{where} is not a SentencePiece model: {exc}") from exc
+        self.path = path
+        self.sha256 = hashlib.sha256(model_bytes).hexdigest()
+        ids = [self._sp.PieceToId(p) for p in REASONING_TOKENS]
+        missing = [p for p, i in zip(REASONING_TOKENS, ids) if i == self._sp.unk_id()]
+        if missing:
+            raise ValueError(
+                f"{path or '<bytes>'} lacks the reasoning tokens {missing}; "
+                "train it with mindxh.tokenizer.train"
+            )
+        self.think_id, self.think_end_id, self.answer_id, self.answer_end_id = ids
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Tokenizer":
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer model not found: {p}")
+        return cls(p.read_bytes(), path=str(p))
+
+    @classmethod
+    def train(
+        cls,
+        input_files: Sequence[str | os.PathLike[str]],
+        model_prefix: str | os.PathLike[str],
+        vocab_size: int,
+        model_type: str = "bpe",
+        character_coverage: float = 1.0,
+    ) -> "Tokenizer":
+        """Train on text files (one sentence per line); see :func:`train`."""
+        return train(input_files, model_prefix, vocab_size, model_type, character_coverage)
+
+    # -- ids ----------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.GetPieceSize())
+
+    @property
+    def pad_id(self) -> int:
+        return int(self._sp.pad_id())
+
+    @property
+    def unk_id(self) -> int:
+        return int(self._sp.unk_id())
+
+    @property
+    def bos_id(self) -> int:
+        return int(self._sp.bos_id())
+
+    @property
+    def eos_id(self) -> int:
+        return int(self._sp.eos_id())
+
+    def id_to_piece(self, token_id: int) -> str:
+        return str(self._sp.IdToPiece(int(token_id)))
+
+    def piece_to_id(self, piece: str) -> int:
+        return int(self._sp.PieceToId(piece))
+
+    # -- text <-> ids -------------------------------------------------------
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = list(self._sp.EncodeAsIds(text))
+        if bos:
+            ids.insert(0, self.bos_id)
+        if eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; pad/bos/eos are dropped (they are control pieces)."""
+        return str(self._sp.DecodeIds([int(i) for i in ids]))
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]}, "
+            f"path={self.path!r})"
+        )
+
+
+def train(
+    input_files: Sequence[str | os.PathLike[str]],
+    model_prefix: str | os.PathLike[str],
+    vocab_size: int,
+    model_type: str = "bpe",
+    character_coverage: float = 1.0,
+) -> Tokenizer:
+    """Train on text files, each line one sentence; write ``PREFIX.model``/``.vocab``."""
+    if not input_files:
+        raise ValueError("no input files given")
+    paths = [Path(f) for f in input_files]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer training input not found: {p}")
+    return _train(_file_lines(paths), model_prefix, vocab_size, model_type, character_coverage)
+
+
+def train_from_texts(
+    texts: Iterable[str],
+    model_prefix: str | os.PathLike[str],
+    vocab_size: int,
+    model_type: str = "bpe",
+    character_coverage: float = 1.0,
+) -> Tokenizer:
+    """Train on whole documents (newlines inside a document are kept and learnt)."""
+    return _train(iter(texts), model_prefix, vocab_size, model_type, character_coverage)
+
+
+def _file_lines(paths: Sequence[Path]) -> Iterator[str]:
+    for p in paths:
+        with p.open(encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\r\n")
+
+
+def _train(
+    sentences: Iterator[str],
+    model_prefix: str | os.PathLike[str],
+    vocab_size: int,
+    model_type: str,
+    character_coverage: float,
+) -> Tokenizer:
+    if model_type not in _MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; expected one of {_MODEL_TYPES}")
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.Train(
+            sentence_iterator=sentences,
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+            user_defined_symbols=list(REASONING_TOKENS),
+            split_digits=True,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True,
+            add_dummy_prefix=False,
+            num_threads=1,
+            shuffle_input_sentence=False,
+            input_sentence_size=0,
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        raise _vocab_error(exc, vocab_size) from exc
+    model_bytes = writer.getvalue()
+    tok = Tokenizer(model_bytes)
+    model_path = Path(f"{model_prefix}.model")
+    _atomic_write(model_path, model_bytes)
+    _atomic_write(Path(f"{model_prefix}.vocab"), _vocab_text(tok).encode("utf-8"))
+    tok.path = str(model_path)
+    logger.info(
+        "trained tokenizer %s (vocab %d, sha256 %s)", model_path, tok.vocab_size, tok.sha256[:12]
+    )
+    return tok
+
+
+def _vocab_error(exc: RuntimeError, vocab_size: int) -> Exception:
+    """Turn SentencePiece's vocabulary-size failures into a ValueError with advice."""
+    msg = str(exc)
+    high = re.search(r"Vocabulary size too high.*?<= (\d+)", msg)
+    if high:
+        return ValueError(
+            f"vocab_size={vocab_size} is too large for this corpus; "
+            f"use a smaller one (at most {high.group(1)}) or more text"
+        )
+    low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
+    if low:
+        return ValueError(
+            f"vocab_size={vocab_size} is too small: the special, byte-fallback and "
+            f"character pieces alone need {low.group(1)}; use a larger one"
+        )
+    return RuntimeError(f"SentencePiece training failed: {msg}")
+
+
+def _vocab_text(tok: Tokenizer) -> str:
+    """Human-readable ``piece<TAB>score`` lines; newlines/tabs in pieces escaped."""
+    lines = []
+    for i in range(tok.vocab_size):
+        piece = tok.id_to_piece(i).replace("\t", "\\t").replace("\n", "\\n")
+        lines.append(f"{piece}\t{tok._sp.GetScore(i):g}\n")
+    return "".join(lines)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and ``os.replace`` it in."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

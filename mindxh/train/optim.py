@@ -1,0 +1,83 @@
+"""AdamW with warmup + cosine schedule, global-norm clipping and a non-finite guard.
+
+Written as one MindSpore cell so that the whole update compiles into the train-step graph
+on CPU and Ascend alike (`mint.optim.AdamW` has Ascend kernels only). The update follows
+Loshchilov & Hutter (2019): bias-corrected Adam moments, decoupled weight decay.
+If the loss or the gradient norm is not finite, no parameter or moment changes: the step
+reports `ok = False` and the trainer stops before anything is saved.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+import mindspore as ms
+
+from mindxh.config.schema import OptimConfig
+
+
+def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
+    """The schedule in plain Python (for docs, tests and planning); `AdamW` computes the same."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
+    low = cfg.lr * cfg.min_lr_ratio
+    return low + 0.5 * (cfg.lr - low) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def decays(param: Parameter) -> bool:
+    """Weight decay on matrices (projections, embeddings), not on norm gains or biases."""
+    return len(param.shape) >= 2
+
+
+class AdamW(nn.Cell):
+    """construct(grads, loss) -> (grad_norm, lr, ok); `step` counts applied updates."""
+
+    def __init__(self, params: list[Parameter], cfg: OptimConfig, max_steps: int):
+        super().__init__()
+        self.params = ParameterTuple(params)
+        self.exp_avg = self.params.clone(prefix="exp_avg", init="zeros")
+        self.exp_avg_sq = self.params.clone(prefix="exp_avg_sq", init="zeros")
+        self.step = Parameter(Tensor(np.array(0, np.int32)), name="step", requires_grad=False)
+        self.decay_flags = tuple(decays(p) for p in params)
+        self.cfg = cfg
+        self.max_steps = max_steps
+        self.pi = math.pi
+
+    def schedule(self, step):
+        cfg = self.cfg
+        s = step.astype(ms.float32)
+        warm = cfg.lr * (s + 1.0) / max(cfg.warmup_steps, 1)
+        progress = ops.clip_by_value((s - cfg.warmup_steps) / max(1, self.max_steps - cfg.warmup_steps),
+                                     0.0, 1.0)
+        low = cfg.lr * cfg.min_lr_ratio
+        cosine = low + 0.5 * (cfg.lr - low) * (1.0 + ops.cos(self.pi * progress))
+        return ops.select(s < cfg.warmup_steps, warm, cosine)
+
+    def construct(self, grads, loss):
+        cfg = self.cfg
+        sq = ()
+        for g in grads:
+            sq = sq + (ops.reduce_sum(g * g),)
+        grad_norm = ops.sqrt(ops.addn(sq))
+        ok = ops.logical_and(ops.isfinite(grad_norm), ops.isfinite(loss))
+        scale = ops.ones_like(grad_norm)
+        if cfg.grad_clip > 0:
+            scale = ops.minimum(scale, cfg.grad_clip / (grad_norm + 1e-6))
+        lr = self.schedule(self.step)
+        t = (self.step + 1).astype(ms.float32)
+        bias1 = 1.0 - ops.pow(cfg.beta1, t)
+        bias2 = 1.0 - ops.pow(cfg.beta2, t)
+        for p, m, v, g, decay in zip(self.params, self.exp_avg, self.exp_avg_sq, grads, self.decay_flags):
+            g = ops.select(ok, g * scale, ops.zeros_like(g))
+            m_new = cfg.beta1 * m + (1.0 - cfg.beta1) * g
+            v_new = cfg.beta2 * v + (1.0 - cfg.beta2) * g * g
+            update = (m_new / bias1) / (ops.sqrt(v_new / bias2) + cfg.eps)
+            if decay:
+                update = update + cfg.weight_decay * p
+            ops.assign(p, ops.select(ok, p - lr * update, p))
+            ops.assign(m, ops.select(ok, m_new, m))
+            ops.assign(v, ops.select(ok, v_new, v))
+        ops.assign(self.step, self.step + ok.astype(ms.int32))
+        return grad_norm, lr, ok

@@ -1,0 +1,43 @@
+"""Process-wide MindSpore set-up from a recipe: device, execution mode, seed."""
+from __future__ import annotations
+
+import os
+
+from mindxh.config.schema import Recipe
+
+
+class LaunchError(RuntimeError):
+    """The recipe asks for a launch this process was not started with."""
+
+
+def world_size() -> int:
+    """Ranks in this job as msrun reports them (1 when not launched by msrun)."""
+    return int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")))
+
+
+def configure(recipe: Recipe) -> None:
+    """Set MindSpore's device, mode and seed; call once, before any cell is built."""
+    import mindspore as ms
+
+    dp = recipe.parallel.data_parallel
+    if dp != world_size():
+        raise LaunchError(
+            f"parallel.data_parallel={dp} but this process runs in a job of {world_size()} "
+            f"rank(s); launch with `msrun --worker_num={dp} --local_worker_num={dp} "
+            f"$(which mindxh) train ...` or set parallel.data_parallel={world_size()}")
+    ms.set_device(recipe.compile.device)
+    mode = ms.GRAPH_MODE if recipe.compile.mode == "graph" else ms.PYNATIVE_MODE
+    ms.set_context(mode=mode, jit_config={"jit_level": recipe.compile.jit_level})
+    ms.set_seed(recipe.seed)
+    if dp > 1:
+        from mindspore.communication import init
+        init()
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                     gradients_mean=True, device_num=dp)
+
+
+def rank() -> int:
+    if world_size() == 1:
+        return 0
+    from mindspore.communication import get_rank
+    return get_rank()

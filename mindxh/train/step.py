@@ -1,0 +1,74 @@
+"""Train-step cells: forward + backward + AdamW in one compiled graph.
+
+`TrainStep` is the whole optimizer step when there is no gradient accumulation. With
+accumulation, `AccumulateStep` runs once per micro-batch (adding grads / k into buffers) and
+`ApplyStep` runs the optimizer on the buffers and clears them. In graph mode each cell
+compiles once; in PyNative mode the same cells run op by op (the debug path).
+"""
+from __future__ import annotations
+
+from mindspore import nn, ops
+
+from mindxh.train.optim import AdamW
+
+
+def _grad_reducer(optimizer: AdamW, data_parallel: int):
+    """Mean of gradients over data-parallel ranks (None on one rank)."""
+    if data_parallel == 1:
+        return None
+    return nn.DistributedGradReducer(optimizer.params, mean=True, degree=data_parallel)
+
+
+class TrainStep(nn.Cell):
+    """(inputs, targets) -> (loss, grad_norm, lr, ok)."""
+
+    def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int = 1):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.optimizer = optimizer
+        self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
+        self.reducer = _grad_reducer(optimizer, data_parallel)
+
+    def construct(self, inputs, targets):
+        loss, grads = self.grad_fn(inputs, targets)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+            loss = self.reducer((loss,))[0]
+        grad_norm, lr, ok = self.optimizer(grads, loss)
+        return loss, grad_norm, lr, ok
+
+
+class AccumulateStep(nn.Cell):
+    """(inputs, targets) -> loss; adds grads / accum into `buffers`."""
+
+    def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
+        self.reducer = _grad_reducer(optimizer, data_parallel)
+        self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
+        self.inv_accum = 1.0 / accum
+
+    def construct(self, inputs, targets):
+        loss, grads = self.grad_fn(inputs, targets)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+            loss = self.reducer((loss,))[0]
+        for buf, g in zip(self.buffers, grads):
+            ops.assign_add(buf, g * self.inv_accum)
+        return loss
+
+
+class ApplyStep(nn.Cell):
+    """(mean_loss) -> (grad_norm, lr, ok): optimizer on the accumulated grads, then zero them."""
+
+    def __init__(self, accumulate: AccumulateStep, optimizer: AdamW):
+        super().__init__(auto_prefix=False)
+        self.buffers = accumulate.buffers
+        self.optimizer = optimizer
+
+    def construct(self, loss):
+        grad_norm, lr, ok = self.optimizer(self.buffers, loss)
+        for buf in self.buffers:
+            ops.assign(buf, ops.zeros_like(buf))
+        return grad_norm, lr, ok

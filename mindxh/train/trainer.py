@@ -1,0 +1,250 @@
+"""The pretraining loop: recipe in, checkpoints and metrics out.
+
+    tokenizer -> data stream -> model -> compiled train step -> log / eval / checkpoint
+
+Everything that decides the numbers (weights, optimizer moments, step counter, data
+position) lives in checkpoints, so `--resume` after any crash, `kill -9` included,
+continues bitwise identically on CPU.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mindxh.config import Recipe, recipe_to_yaml
+from mindxh.data.stream import PackedBatcher
+from mindxh.data.synthetic import document_source
+from mindxh.tokenizer import Tokenizer
+from mindxh.train import checkpoint as ckpt
+from mindxh.train import runtime
+from mindxh.train.metrics import MetricsLog, peak_rss_mb
+from mindxh.utils.flops import flops_per_token, mfu, resolve_peak
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, unusable output directory...)."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_step: int
+    final_loss: float
+    eval_loss: float | None
+    tokens_per_s: float
+    mfu: float
+    wall_s: float
+    parameters: dict[str, int]
+
+
+def prepare_tokenizer(recipe: Recipe, output_dir: Path) -> Tokenizer:
+    """The recipe's tokenizer file, or one trained (deterministically) on the run's data."""
+    cfg = recipe.tokenizer
+    if cfg.path is not None:
+        return Tokenizer.load(cfg.path)
+    path = output_dir / "tokenizer.model"
+    if path.exists():
+        tok = Tokenizer.load(path)
+        if tok.vocab_size != cfg.vocab_size:
+            raise TrainingError(f"{path} has vocab_size {tok.vocab_size} but tokenizer.vocab_size="
+                                f"{cfg.vocab_size}; use another --output-dir")
+        return tok
+    from mindxh.data.synthetic import sample_texts
+    from mindxh.tokenizer import train_from_texts
+
+    log.info("training a %d-token %s tokenizer on %d synthetic documents", cfg.vocab_size,
+             cfg.model_type, cfg.train_documents)
+    texts = sample_texts(recipe.seed, "train", recipe.data.levels, cfg.train_documents)
+    return train_from_texts(texts, output_dir / "tokenizer", cfg.vocab_size, cfg.model_type)
+
+
+def _batcher(recipe: Recipe, tok: Tokenizer, split: str) -> PackedBatcher:
+    t = recipe.train
+    rows = t.batch_size * recipe.parallel.data_parallel  # every rank packs the global batch
+    return PackedBatcher(document_source(recipe.seed, split, recipe.data.levels), tok, t.seq_len, rows)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, output_dir: str | Path, resume: bool = False,
+                 show_progress: bool = True):
+        self.recipe = recipe
+        self.out = Path(output_dir)
+        self.resume = resume
+        self.show_progress = show_progress
+
+    # -- set-up -------------------------------------------------------------
+    def _check_output_dir(self) -> Path | None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        removed = ckpt.clean_stale_temporaries(self.out)
+        for path in removed:
+            log.warning("removed an unfinished checkpoint write: %s", path)
+        latest = ckpt.latest_checkpoint(self.out)
+        if latest is not None and not self.resume:
+            raise TrainingError(f"{self.out} already holds checkpoints (newest: {latest.name}); "
+                                "pass --resume to continue that run, or choose another --output-dir")
+        if latest is None and self.resume:
+            log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
+        return latest
+
+    def _build(self):
+        from mindxh.models.llama.model import LossCell, build_model, count_parameters
+        from mindxh.train.optim import AdamW
+        from mindxh.train.step import AccumulateStep, ApplyStep, TrainStep
+
+        r = self.recipe
+        self.model = build_model(r.model, r.seed)
+        self.params = count_parameters(self.model)
+        self.loss_cell = LossCell(self.model)
+        self.optimizer = AdamW(self.model.trainable_params(), r.optim, r.train.max_steps)
+        dp = r.parallel.data_parallel
+        if r.train.grad_accum == 1:
+            self.step_cell = TrainStep(self.loss_cell, self.optimizer, dp)
+        else:
+            self.accumulate = AccumulateStep(self.loss_cell, self.optimizer, r.train.grad_accum, dp)
+            self.step_cell = ApplyStep(self.accumulate, self.optimizer)
+
+    def _restore(self, path: Path) -> int:
+        import mindspore as ms
+
+        state = ckpt.load_checkpoint(path)
+        saved = state.recipe_text
+        if saved != recipe_to_yaml(self.recipe):
+            log.warning("resuming with a recipe that differs from the checkpoint's (%s/recipe.yaml)", path)
+        for name, p in self.model.parameters_and_names():
+            if name not in state.model:
+                raise TrainingError(f"{path}/model.safetensors has no tensor '{name}': the model differs")
+            p.set_data(ms.Tensor(state.model[name]))
+        for name, p in self._optimizer_state_params():
+            p.set_data(ms.Tensor(state.optimizer[name]))
+        self.batcher.load_state_dict(state.state["data"])
+        ms.set_rng_state(ms.Tensor(np.asarray(state.state["rng"], np.uint8)))
+        log.info("resumed from %s (step %d)", path, state.step)
+        return state.step
+
+    def _optimizer_state_params(self):
+        return [(p.name, p) for p in self.optimizer.get_parameters()
+                if p.name.startswith(("exp_avg", "step"))]
+
+    def _save(self, step: int) -> Path:
+        import mindspore as ms
+
+        model = {name: p.asnumpy() for name, p in self.model.parameters_and_names()}
+        optim = {name: p.asnumpy() for name, p in self._optimizer_state_params()}
+        state = {"data": self.batcher.state_dict(),
+                 "rng": ms.get_rng_state().asnumpy().tolist(),
+                 "seed": self.recipe.seed}
+        return ckpt.save_checkpoint(self.out, step, model, optim, state, recipe_to_yaml(self.recipe),
+                                    self.recipe.train.keep_last)
+
+    # -- steps --------------------------------------------------------------
+    def _local_rows(self, batch: np.ndarray) -> np.ndarray:
+        b = self.recipe.train.batch_size
+        r = runtime.rank()
+        return batch[r * b:(r + 1) * b]
+
+    def _one_step(self):
+        import mindspore as ms
+
+        t = self.recipe.train
+        if t.grad_accum == 1:
+            rows = ms.Tensor(self._local_rows(self.batcher.next_batch()))
+            loss, norm, lr, ok = self.step_cell(rows[:, :-1], rows[:, 1:])
+            return float(loss.asnumpy()), float(norm.asnumpy()), float(lr.asnumpy()), bool(ok.asnumpy())
+        losses = []
+        for _ in range(t.grad_accum):
+            rows = ms.Tensor(self._local_rows(self.batcher.next_batch()))
+            losses.append(float(self.accumulate(rows[:, :-1], rows[:, 1:]).asnumpy()))
+        mean = float(np.mean(np.asarray(losses, np.float32)))
+        norm, lr, ok = self.step_cell(ms.Tensor(mean, ms.float32))
+        return mean, float(norm.asnumpy()), float(lr.asnumpy()), bool(ok.asnumpy())
+
+    def evaluate(self) -> float | None:
+        """Mean loss on held-out problems (never in the training split)."""
+        import mindspore as ms
+
+        if not self._eval_batches:
+            return None
+        losses = [float(self.loss_cell(ms.Tensor(b[:, :-1]), ms.Tensor(b[:, 1:])).asnumpy())
+                  for b in self._eval_batches]
+        return float(np.mean(losses))
+
+    # -- the loop -----------------------------------------------------------
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        r, t = self.recipe, self.recipe.train
+        start_wall = time.perf_counter()
+        latest = self._check_output_dir()
+        runtime.configure(r)
+        tok = prepare_tokenizer(r, self.out)
+        if r.model.vocab_size is None:
+            r.model.vocab_size = tok.vocab_size
+        elif r.model.vocab_size < tok.vocab_size:
+            raise TrainingError(f"model.vocab_size={r.model.vocab_size} is smaller than the "
+                                f"tokenizer's {tok.vocab_size}")
+        (self.out / "recipe.yaml").write_text(recipe_to_yaml(r))
+        self.batcher = _batcher(r, tok, "train")
+        heldout = _batcher(r, tok, "heldout")
+        self._eval_batches = [self._local_rows(heldout.next_batch()) for _ in range(r.data.heldout_batches)]
+        self._build()
+        step = self._restore(latest) if latest is not None else 0
+        metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
+
+        n_matmul = self.params["non_embedding"] + (r.model.vocab_size * r.model.hidden_size
+                                                   if r.model.tie_embeddings else 0)
+        fpt = flops_per_token(n_matmul, r.model.num_layers, r.model.num_heads, r.model.head_dim, t.seq_len)
+        peak, peak_source = resolve_peak(r.metrics.device, r.metrics.dtype)
+        tokens_per_step = t.batch_size * t.seq_len * t.grad_accum * r.parallel.data_parallel
+        log.info("model: %s parameters (%s non-embedding); %.3g FLOPs/token; peak %.3g FLOP/s (%s)",
+                 f"{self.params['total']:,}", f"{self.params['non_embedding']:,}", fpt, peak, peak_source)
+
+        bar = tqdm(total=t.max_steps, initial=step, desc=r.name, unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0,
+                   disable=not self.show_progress or runtime.rank() != 0)
+        loss = float("nan")
+        eval_loss = None
+        steady_tokens, steady_time = 0, 0.0
+        interval_tokens, interval_time = 0, 0.0
+        while step < t.max_steps:
+            t0 = time.perf_counter()
+            loss, norm, lr, ok = self._one_step()
+            dt = time.perf_counter() - t0
+            if not ok or not math.isfinite(loss):
+                bar.close()
+                raise TrainingError(f"non-finite loss ({loss}) or gradient norm ({norm}) at step "
+                                    f"{step + 1}; parameters were not updated and no checkpoint "
+                                    f"was written. Lower optim.lr or check the data.")
+            step += 1
+            if step > 1:  # the first step of a process includes graph compilation
+                steady_tokens += tokens_per_step
+                steady_time += dt
+            interval_tokens += tokens_per_step
+            interval_time += dt
+            bar.update(1)
+            if step % t.log_every == 0 or step == t.max_steps:
+                tps = interval_tokens / interval_time
+                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": norm,
+                          "tokens_per_s": tps, "mfu": mfu(tps, fpt, peak),
+                          "tokens": step * tokens_per_step, "peak_rss_mb": round(peak_rss_mb(), 1)}
+                if step == t.max_steps or (t.eval_every and step % t.eval_every == 0):
+                    eval_loss = self.evaluate()
+                    record["eval_loss"] = eval_loss
+                if runtime.rank() == 0:
+                    metrics.write(record)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{record['mfu']:.2%}")
+                interval_tokens, interval_time = 0, 0.0
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                if runtime.rank() == 0:
+                    self._save(step)
+        bar.close()
+        tps = steady_tokens / steady_time if steady_time else 0.0
+        return TrainResult(self.out, step, loss, eval_loss, tps, mfu(tps, fpt, peak),
+                           time.perf_counter() - start_wall, self.params)
