@@ -100,7 +100,7 @@ class OptimConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
-    weight_decay: float = 0.1  # not applied to norms, biases or embeddings
+    weight_decay: float = 0.1  # on matrices (incl. embeddings), not on norm gains or biases
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -185,8 +185,6 @@ class Recipe:
         m, t = self.model, self.train
         _require(t.seq_len <= m.max_seq_len, "train.seq_len",
                  f"seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
-        _require(self.optim.warmup_steps < t.max_steps, "optim.warmup_steps",
-                 f"warmup_steps={self.optim.warmup_steps} must be < train.max_steps={t.max_steps}")
         if m.vocab_size is not None and self.tokenizer.path is None:
             _require(m.vocab_size == self.tokenizer.vocab_size, "model.vocab_size",
                      f"model.vocab_size={m.vocab_size} differs from tokenizer.vocab_size="

@@ -24,7 +24,9 @@ def configure(recipe: Recipe) -> None:
         raise LaunchError(
             f"parallel.data_parallel={dp} but this process runs in a job of {world_size()} "
             f"rank(s); launch with `msrun --worker_num={dp} --local_worker_num={dp} "
-            f"$(which mindxh) train ...` or set parallel.data_parallel={world_size()}")
+            f"--master_port=PORT --join=True $(which mindxh) train ...` (msrun starts each rank as "
+            f"`python SCRIPT`, so the virtualenv's bin/ must come first on PATH) "
+            f"or set parallel.data_parallel={world_size()}")
     ms.set_device(recipe.compile.device)
     mode = ms.GRAPH_MODE if recipe.compile.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode, jit_config={"jit_level": recipe.compile.jit_level})
@@ -41,3 +43,10 @@ def rank() -> int:
         return 0
     from mindspore.communication import get_rank
     return get_rank()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op on one rank); e.g. rank 0 writes a shared file, then all read it."""
+    if world_size() > 1:
+        from mindspore import mint
+        mint.distributed.barrier()

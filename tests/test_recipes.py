@@ -1,0 +1,146 @@
+"""Recipes: every shipped file loads; every kind of mistake is an error naming key, file and line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, run_cli
+from mindxh.config import Recipe, RecipeError, load_recipe, recipe_to_yaml
+
+ALL_RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_exist():
+    assert TINY in ALL_RECIPES
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_recipe_loads_and_validates(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    # the resolved form is itself a valid recipe that resolves to the same thing
+    again = path.parent / "_roundtrip_check.yaml"
+    try:
+        again.write_text(recipe_to_yaml(recipe))
+        assert load_recipe(again) == recipe
+    finally:
+        again.unlink()
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def error_of(path, overrides=()) -> str:
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path, list(overrides))
+    return str(exc.value)
+
+
+def test_unknown_key_names_key_file_line_and_suggestion(tmp_path):
+    p = write(tmp_path, "r.yaml", "model:\n  hidden_size: 64\n  num_haeds: 4\n")
+    msg = error_of(p)
+    assert "model.num_haeds" in msg
+    assert f"{p}, line 3" in msg
+    assert "did you mean 'num_heads'" in msg.lower()
+
+
+def test_unknown_section(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "modle:\n  hidden_size: 64\n"))
+    assert "'modle'" in msg and "line 1" in msg and "'model'" in msg
+
+
+def test_wrong_type_names_key(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "train:\n  batch_size: eight\n"))
+    assert "train.batch_size" in msg and "line 2" in msg and "expected int" in msg
+
+
+def test_bool_is_not_an_int(tmp_path):
+    assert "train.max_steps" in error_of(write(tmp_path, "r.yaml", "train:\n  max_steps: true\n"))
+
+
+def test_float_written_yaml11_style_is_accepted(tmp_path):
+    recipe = load_recipe(write(tmp_path, "r.yaml", "optim:\n  lr: 3e-4\n  warmup_steps: 1\n"))
+    assert recipe.optim.lr == pytest.approx(3e-4)
+
+
+def test_num_heads_must_divide_hidden_size(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "model:\n  hidden_size: 100\n  num_heads: 3\n  num_kv_heads: 1\n"))
+    assert "model.num_heads" in msg and "does not divide hidden_size=100" in msg and "line 3" in msg
+
+
+def test_num_kv_heads_must_divide_num_heads(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "model:\n  num_heads: 4\n  num_kv_heads: 3\n"))
+    assert "model.num_kv_heads" in msg and "does not divide num_heads=4" in msg
+
+
+def test_literal_choices_listed(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "compile:\n  mode: fast\n"))
+    assert "compile.mode" in msg and "'graph'" in msg and "'pynative'" in msg
+
+
+def test_cross_section_check(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "model:\n  max_seq_len: 64\ntrain:\n  seq_len: 128\n"))
+    assert "train.seq_len" in msg and "line 4" in msg
+
+
+def test_base_inheritance_and_override_order(tmp_path):
+    write(tmp_path, "base.yaml", "model:\n  hidden_size: 64\n  num_heads: 4\ntrain:\n  max_steps: 50\n")
+    child = write(tmp_path, "child.yaml", "base: base.yaml\nmodel:\n  hidden_size: 96\n")
+    recipe = load_recipe(child, ["train.max_steps=70"])
+    assert recipe.model.hidden_size == 96  # child beats base
+    assert recipe.model.num_heads == 4  # inherited
+    assert recipe.train.max_steps == 70  # --set beats both
+
+
+def test_error_in_base_names_the_base_file(tmp_path):
+    write(tmp_path, "base.yaml", "model:\n  hiden: 1\n")
+    msg = error_of(write(tmp_path, "child.yaml", "base: base.yaml\n"))
+    assert "base.yaml, line 2" in msg
+
+
+def test_base_cycle_and_missing_base(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\n")
+    assert "cycle" in error_of(tmp_path / "a.yaml")
+    assert "base recipe not found" in error_of(write(tmp_path, "c.yaml", "base: nope.yaml\n"))
+
+
+def test_bad_override_is_named():
+    msg = error_of(TINY, ["model.num_kv_heads=3"])
+    assert "--set model.num_kv_heads=3" in msg
+    assert "--set" in error_of(TINY, ["train.nope=1"])
+    assert "expected section.key=value" in error_of(TINY, ["justakey"])
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "model:\n  hidden_size: [64\n"))
+    assert "invalid YAML" in msg and str(tmp_path / "r.yaml") in msg
+
+
+def test_missing_recipe_file(tmp_path):
+    assert "not found" in error_of(tmp_path / "absent.yaml")
+
+
+def test_cli_recipe_show_prints_resolved_recipe():
+    res = run_cli("recipe", "show", str(TINY), "--set", "model.hidden_size=64")
+    assert res.returncode == 0, res.stderr
+    assert "hidden_size: 64" in res.stdout and "rope_theta" in res.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("recipe", "show", "RECIPE", "--set", "model.hiden_size=64"), "did you mean 'hidden_size'"),
+    (("train", "RECIPE", "--set", "model.num_heads=3"), "model.num_heads"),
+    (("train", "RECIPE", "--set", "model.num_kv_heads=3"), "model.num_kv_heads"),
+    (("train", "RECIPE", "--set", "train.batch_size=x"), "train.batch_size"),
+])
+def test_cli_recipe_errors_are_one_line_no_traceback(args, needle, tmp_path):
+    args = tuple(str(TINY) if a == "RECIPE" else a for a in args)
+    res = run_cli(*args, "--output-dir", str(tmp_path / "o")) if args[0] == "train" else run_cli(*args)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and needle in res.stderr.lower()
+    assert not (tmp_path / "o").exists()  # rejected before anything was written

@@ -1,0 +1,140 @@
+"""Pretraining end to end through the CLI: learning, metrics, checkpoints, resume, failures."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import TINY, run_cli
+from mindxh.train.checkpoint import FAULT_ENV
+
+METRIC_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"}
+
+
+def unigram_entropy(tokenizer_path, n_docs: int = 3000) -> float:
+    """Entropy (nats/token) of the training corpus's token frequencies, as the batcher sees it."""
+    from mindxh.config import load_recipe
+    from mindxh.data.synthetic import sample_texts
+    from mindxh.tokenizer import Tokenizer
+
+    recipe = load_recipe(TINY)
+    tok = Tokenizer.load(tokenizer_path)
+    ids = np.concatenate([tok.encode(t, bos=True, eos=True)
+                          for t in sample_texts(recipe.seed, "train", recipe.data.levels, n_docs)])
+    p = np.bincount(ids)[np.bincount(ids) > 0] / len(ids)
+    return float(-(p * np.log(p)).sum())
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_default_recipe_learns_well_below_unigram_entropy_in_under_5_minutes(tmp_path):
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    res = run_cli("train", str(TINY), "--output-dir", str(out))
+    wall = time.perf_counter() - start
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert wall < 300, f"default recipe took {wall:.0f}s"
+    rows = metrics(out)
+    assert all(METRIC_KEYS <= r.keys() for r in rows)
+    assert rows[-1]["step"] == 300
+    entropy = unigram_entropy(out / "tokenizer.model")
+    final_eval = rows[-1]["eval_loss"]
+    print(f"unigram entropy {entropy:.3f} nats; final train loss {rows[-1]['loss']:.3f}; "
+          f"held-out loss {final_eval:.3f}; wall {wall:.0f}s")
+    assert final_eval < 0.5 * entropy and rows[-1]["loss"] < 0.5 * entropy
+    assert 0 < rows[-1]["mfu"] < 1 and rows[-1]["tokens_per_s"] > 0
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-00000200", "step-00000300"]  # keep_last: 2
+    files = {p.name for p in (out / "checkpoints" / "step-00000300").iterdir()}
+    assert files == {"model.safetensors", "optimizer.safetensors", "state.json", "recipe.yaml"}
+    assert "done: 300 steps" in res.stdout
+
+
+def _train(out, tokenizer, *extra, env=None):
+    return run_cli("train", str(TINY), "--output-dir", str(out), "--no-progress",
+                   "--max-steps", "30", "--set", "train.checkpoint_every=10",
+                   "--set", "train.log_every=5", "--set", "train.keep_last=5",
+                   "--set", f"tokenizer.path={tokenizer}", "--set", "data.heldout_batches=1",
+                   *extra, env=env)
+
+
+def _same_run(a, b):
+    wa = load_file(str(a / "checkpoints/step-00000030/model.safetensors"))
+    wb = load_file(str(b / "checkpoints/step-00000030/model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert np.array_equal(wa[name], wb[name]), f"{name} differs"
+    oa = load_file(str(a / "checkpoints/step-00000030/optimizer.safetensors"))
+    ob = load_file(str(b / "checkpoints/step-00000030/optimizer.safetensors"))
+    assert all(np.array_equal(oa[k], ob[k]) for k in oa)
+    ra, rb = metrics(a), metrics(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [5, 10, 15, 20, 25, 30]
+    for x, y in zip(ra, rb):
+        assert (x["loss"], x["grad_norm"], x["lr"]) == (y["loss"], y["grad_norm"], y["lr"])
+
+
+def test_resume_after_kill_9_during_checkpoint_write_is_bitwise_identical(tmp_path, tiny_tokenizer):
+    straight = tmp_path / "straight"
+    assert _train(straight, tiny_tokenizer).returncode == 0
+
+    crashed = tmp_path / "crashed"
+    res = _train(crashed, tiny_tokenizer, env={FAULT_ENV: "20"})
+    assert res.returncode == -9, res.stderr[-2000:]  # killed while writing step 20
+    ckpts = crashed / "checkpoints"
+    assert (ckpts / "step-00000010").is_dir() and not (ckpts / "step-00000020").exists()
+    assert any(p.name.startswith(".step-00000020.tmp") for p in ckpts.iterdir())
+
+    res = _train(crashed, tiny_tokenizer, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from" in res.stderr and "step-00000010" in res.stderr
+    assert not any(p.name.startswith(".") for p in ckpts.iterdir())  # the torn write is gone
+    _same_run(straight, crashed)
+
+
+def test_same_recipe_and_seed_are_bitwise_reproducible(tmp_path, tiny_tokenizer):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert _train(out, tiny_tokenizer).returncode == 0
+    _same_run(a, b)
+
+
+def test_gradient_accumulation_matches_the_big_batch(tmp_path, tiny_tokenizer):
+    common = ("--max-steps", "4", "--set", "train.log_every=1", "--set", "optim.warmup_steps=1")
+    big = tmp_path / "big"
+    acc = tmp_path / "acc"
+    assert _train(big, tiny_tokenizer, *common, "--set", "train.batch_size=16").returncode == 0
+    res = _train(acc, tiny_tokenizer, *common, "--set", "train.batch_size=8", "--set", "train.grad_accum=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    for x, y in zip(metrics(big), metrics(acc)):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+
+
+def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, tiny_tokenizer):
+    out = tmp_path / "nan"
+    res = _train(out, tiny_tokenizer, "--set", "model.init_std=1e30")
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "non-finite loss" in res.stderr and "no checkpoint" in res.stderr
+    assert not list((out / "checkpoints").glob("step-*"))
+
+
+def test_existing_run_needs_resume_and_is_left_untouched(tmp_path, tiny_tokenizer):
+    out = tmp_path / "run"
+    assert _train(out, tiny_tokenizer, "--max-steps", "10").returncode == 0
+    before = (out / "checkpoints/step-00000010/model.safetensors").read_bytes()
+    res = _train(out, tiny_tokenizer, "--max-steps", "10")
+    assert res.returncode == 2 and "--resume" in res.stderr and "Traceback" not in res.stderr
+    assert (out / "checkpoints/step-00000010/model.safetensors").read_bytes() == before
+
+
+def test_missing_tokenizer_file_is_a_clear_error(tmp_path):
+    res = run_cli("train", str(TINY), "--output-dir", str(tmp_path / "o"),
+                  "--set", f"tokenizer.path={tmp_path / 'nope.model'}")
+    assert res.returncode == 2 and "nope.model" in res.stderr and "Traceback" not in res.stderr
