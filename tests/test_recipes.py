@@ -144,3 +144,23 @@ def test_cli_recipe_errors_are_one_line_no_traceback(args, needle, tmp_path):
     assert "Traceback" not in res.stderr
     assert res.stderr.startswith("error: ") and needle in res.stderr.lower()
     assert not (tmp_path / "o").exists()  # rejected before anything was written
+
+
+def test_readme_documents_every_recipe_key():
+    import dataclasses
+
+    readme = (REPO / "README.md").read_text()
+    missing = []
+    for section in dataclasses.fields(Recipe):
+        cls = section.type if dataclasses.is_dataclass(section.type) else None
+        if cls is None:
+            sub = getattr(Recipe(), section.name)
+            cls = type(sub) if dataclasses.is_dataclass(sub) else None
+        if cls is None:
+            if f"`{section.name}`" not in readme:
+                missing.append(section.name)
+            continue
+        for f in dataclasses.fields(cls):
+            if f"`{section.name}.{f.name}`" not in readme:
+                missing.append(f"{section.name}.{f.name}")
+    assert not missing, f"README recipe reference lacks: {missing}"

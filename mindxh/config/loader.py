@@ -217,4 +217,4 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The fully resolved recipe, loadable again with `load_recipe`."""
-    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=False)
