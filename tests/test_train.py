@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -79,10 +82,17 @@ def _same_run(a, b):
         assert (x["loss"], x["grad_norm"], x["lr"]) == (y["loss"], y["grad_norm"], y["lr"])
 
 
-def test_resume_after_kill_9_during_checkpoint_write_is_bitwise_identical(tmp_path, tiny_tokenizer):
-    straight = tmp_path / "straight"
-    assert _train(straight, tiny_tokenizer).returncode == 0
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny_tokenizer):
+    """An uninterrupted 30-step run every resume test compares against."""
+    out = tmp_path_factory.mktemp("straight")
+    res = _train(out, tiny_tokenizer)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
 
+
+def test_resume_after_kill_9_during_checkpoint_write_is_bitwise_identical(tmp_path, tiny_tokenizer,
+                                                                          straight):
     crashed = tmp_path / "crashed"
     res = _train(crashed, tiny_tokenizer, env={FAULT_ENV: "20"})
     assert res.returncode == -9, res.stderr[-2000:]  # killed while writing step 20
@@ -97,11 +107,29 @@ def test_resume_after_kill_9_during_checkpoint_write_is_bitwise_identical(tmp_pa
     _same_run(straight, crashed)
 
 
-def test_same_recipe_and_seed_are_bitwise_reproducible(tmp_path, tiny_tokenizer):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):
-        assert _train(out, tiny_tokenizer).returncode == 0
-    _same_run(a, b)
+def test_resume_after_kill_9_at_an_arbitrary_moment_is_bitwise_identical(tmp_path, tiny_tokenizer,
+                                                                          straight):
+    """A real external SIGKILL, as soon as the first checkpoint appears (often mid-write of the next)."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mindxh", "train", str(TINY), "--output-dir", str(out), "--no-progress",
+           "--max-steps", "30", "--set", "train.log_every=5", "--set", "train.keep_last=5",
+           "--set", f"tokenizer.path={tiny_tokenizer}", "--set", "data.heldout_batches=1",
+           "--set", "train.checkpoint_every=2"]  # frequent writes: the kill often lands in one
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-00000004").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -9
+    res = run_cli(*cmd[3:], "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    _same_run(straight, out)
+
+
+def test_same_recipe_and_seed_are_bitwise_reproducible(tmp_path, tiny_tokenizer, straight):
+    again = tmp_path / "again"
+    assert _train(again, tiny_tokenizer).returncode == 0
+    _same_run(straight, again)
 
 
 def test_gradient_accumulation_matches_the_big_batch(tmp_path, tiny_tokenizer):

@@ -19,22 +19,6 @@ def _grad_reducer(optimizer: AdamW, data_parallel: int):
     return nn.DistributedGradReducer(optimizer.params, mean=True, degree=data_parallel)
 
 
-class _MeanAllReduce(nn.Cell):
-    """Mean of a scalar (the loss) over data-parallel ranks, so every rank logs the global mean."""
-
-    def __init__(self, data_parallel: int):
-        super().__init__()
-        self.all_reduce = ops.AllReduce()  # sum over the world group
-        self.inv_degree = 1.0 / data_parallel
-
-    def construct(self, x):
-        return self.all_reduce(x) * self.inv_degree
-
-
-def _loss_reducer(data_parallel: int):
-    return None if data_parallel == 1 else _MeanAllReduce(data_parallel)
-
-
 class TrainStep(nn.Cell):
     """(inputs, targets) -> (loss, grad_norm, lr, ok)."""
 
@@ -44,13 +28,12 @@ class TrainStep(nn.Cell):
         self.optimizer = optimizer
         self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
         self.reducer = _grad_reducer(optimizer, data_parallel)
-        self.loss_reducer = _loss_reducer(data_parallel)
 
     def construct(self, inputs, targets):
         loss, grads = self.grad_fn(inputs, targets)
         if self.reducer is not None:
             grads = self.reducer(grads)
-            loss = self.loss_reducer(loss)
+            loss = self.reducer((loss,))[0]
         grad_norm, lr, ok = self.optimizer(grads, loss)
         return loss, grad_norm, lr, ok
 
@@ -63,7 +46,6 @@ class AccumulateStep(nn.Cell):
         self.loss_cell = loss_cell
         self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
         self.reducer = _grad_reducer(optimizer, data_parallel)
-        self.loss_reducer = _loss_reducer(data_parallel)
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
 
@@ -71,7 +53,7 @@ class AccumulateStep(nn.Cell):
         loss, grads = self.grad_fn(inputs, targets)
         if self.reducer is not None:
             grads = self.reducer(grads)
-            loss = self.loss_reducer(loss)
+            loss = self.reducer((loss,))[0]
         for buf, g in zip(self.buffers, grads):
             ops.assign_add(buf, g * self.inv_accum)
         return loss

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from mindxh.tokenizer import Tokenizer
 from mindxh.train import checkpoint as ckpt
 from mindxh.train import runtime
 from mindxh.train.metrics import MetricsLog, peak_rss_mb
+from mindxh.train.progress import Progress
 from mindxh.utils.flops import flops_per_token, mfu, resolve_peak
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,9 @@ class Trainer:
         return float(np.mean(losses))
 
     # -- the loop -----------------------------------------------------------
-    def run(self) -> TrainResult:
-        from tqdm import tqdm
-
-        r, t = self.recipe, self.recipe.train
-        start_wall = time.perf_counter()
+    def _setup(self) -> int:
+        """Everything before the first step; returns the step to start from."""
+        r = self.recipe
         latest = self._check_output_dir()
         runtime.configure(r)
         tok = prepare_tokenizer(r, self.out)
@@ -196,55 +194,64 @@ class Trainer:
         self._eval_batches = [self._local_rows(heldout.next_batch()) for _ in range(r.data.heldout_batches)]
         self._build()
         step = self._restore(latest) if latest is not None else 0
-        metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
-
-        n_matmul = self.params["non_embedding"] + (r.model.vocab_size * r.model.hidden_size
-                                                   if r.model.tie_embeddings else 0)
-        fpt = flops_per_token(n_matmul, r.model.num_layers, r.model.num_heads, r.model.head_dim, t.seq_len)
-        peak, peak_source = resolve_peak(r.metrics.device, r.metrics.dtype)
-        tokens_per_step = t.batch_size * t.seq_len * t.grad_accum * r.parallel.data_parallel
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
+        m = r.model
+        n_matmul = self.params["non_embedding"] + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
+        self.flops_per_token = flops_per_token(n_matmul, m.num_layers, m.num_heads, m.head_dim,
+                                               r.train.seq_len)
+        self.peak, peak_source = resolve_peak(r.metrics.device, r.metrics.dtype)
         log.info("model: %s parameters (%s non-embedding); %.3g FLOPs/token; peak %.3g FLOP/s (%s)",
-                 f"{self.params['total']:,}", f"{self.params['non_embedding']:,}", fpt, peak, peak_source)
+                 f"{self.params['total']:,}", f"{self.params['non_embedding']:,}",
+                 self.flops_per_token, self.peak, peak_source)
+        return step
 
-        bar = tqdm(total=t.max_steps, initial=step, desc=r.name, unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0,
-                   disable=not self.show_progress or runtime.rank() != 0)
-        loss = float("nan")
-        eval_loss = None
-        steady_tokens, steady_time = 0, 0.0
+    def run(self) -> TrainResult:
+        r, t = self.recipe, self.recipe.train
+        start_wall = time.perf_counter()
+        step = self._setup()
+        if step >= t.max_steps:
+            log.info("nothing to do: the run already reached train.max_steps=%d", t.max_steps)
+        lead = runtime.rank() == 0
+        tokens_per_step = t.batch_size * t.seq_len * t.grad_accum * r.parallel.data_parallel
+        progress = Progress(r.name, t.max_steps, step, bar=self.show_progress and lead)
+        loss, eval_loss = float("nan"), None
+        steady_tokens, steady_time = 0, 0.0  # excludes this process's first step (compilation)
+        compiled = False
         interval_tokens, interval_time = 0, 0.0
-        while step < t.max_steps:
-            t0 = time.perf_counter()
-            loss, norm, lr, ok = self._one_step()
-            dt = time.perf_counter() - t0
-            if not ok or not math.isfinite(loss):
-                bar.close()
-                raise TrainingError(f"non-finite loss ({loss}) or gradient norm ({norm}) at step "
-                                    f"{step + 1}; parameters were not updated and no checkpoint "
-                                    f"was written. Lower optim.lr or check the data.")
-            step += 1
-            if step > 1:  # the first step of a process includes graph compilation
-                steady_tokens += tokens_per_step
-                steady_time += dt
-            interval_tokens += tokens_per_step
-            interval_time += dt
-            bar.update(1)
-            if step % t.log_every == 0 or step == t.max_steps:
-                tps = interval_tokens / interval_time
-                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": norm,
-                          "tokens_per_s": tps, "mfu": mfu(tps, fpt, peak),
-                          "tokens": step * tokens_per_step, "peak_rss_mb": round(peak_rss_mb(), 1)}
-                if step == t.max_steps or (t.eval_every and step % t.eval_every == 0):
-                    eval_loss = self.evaluate()
-                    record["eval_loss"] = eval_loss
-                if runtime.rank() == 0:
-                    metrics.write(record)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", mfu=f"{record['mfu']:.2%}")
-                interval_tokens, interval_time = 0, 0.0
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
-                if runtime.rank() == 0:
+        try:
+            while step < t.max_steps:
+                t0 = time.perf_counter()
+                loss, norm, lr, ok = self._one_step()
+                dt = time.perf_counter() - t0
+                if not ok or not math.isfinite(loss):
+                    raise TrainingError(f"non-finite loss ({loss}) or gradient norm ({norm}) at step "
+                                        f"{step + 1}; parameters were not updated and no checkpoint "
+                                        f"was written. Lower optim.lr or check the data.")
+                if compiled:
+                    steady_tokens += tokens_per_step
+                    steady_time += dt
+                compiled = True
+                step += 1
+                interval_tokens += tokens_per_step
+                interval_time += dt
+                progress.step()
+                last = step == t.max_steps
+                eval_now = last or (t.eval_every > 0 and step % t.eval_every == 0)
+                if eval_now or step % t.log_every == 0:
+                    tps = interval_tokens / interval_time
+                    record = {"step": step, "loss": loss, "lr": lr, "grad_norm": norm,
+                              "tokens_per_s": tps, "mfu": mfu(tps, self.flops_per_token, self.peak),
+                              "tokens": step * tokens_per_step, "peak_rss_mb": round(peak_rss_mb(), 1)}
+                    if eval_now:
+                        eval_loss = record["eval_loss"] = self.evaluate()
+                    if lead:
+                        self.metrics.write(record)
+                        progress.report(record)
+                    interval_tokens, interval_time = 0, 0.0
+                if lead and (last or step % t.checkpoint_every == 0):
                     self._save(step)
-        bar.close()
+        finally:
+            progress.close()
         tps = steady_tokens / steady_time if steady_time else 0.0
-        return TrainResult(self.out, step, loss, eval_loss, tps, mfu(tps, fpt, peak),
+        return TrainResult(self.out, step, loss, eval_loss, tps, mfu(tps, self.flops_per_token, self.peak),
                            time.perf_counter() - start_wall, self.params)
