@@ -18,7 +18,7 @@ from conftest import TINY, run_cli
 STEPS = 10
 # Same 16 rows per step in the same order; only the reduction order differs (two 8-row means
 # averaged by an all-reduce vs one 16-row mean), i.e. fp32 rounding: measured <= 1.2e-7 relative
-# on the loss and <= 3e-7 on the grad norm over 20 steps. 1e-4 is ~1000x that noise, yet far below
+# on the loss and <= 5e-7 on the grad norm over 20 steps. 1e-4 is ~1000x that noise, yet far below
 # what a real bug gives: an un-reduced loss or gradient is off by ~1e-2 from step 1 or 2, and
 # summed instead of averaged gradients double the logged grad norm (clipping and Adam would
 # otherwise hide that in the loss).
@@ -84,6 +84,6 @@ def test_two_rank_data_parallel_matches_one_process_with_the_global_batch(tmp_pa
     wb = load_file(str(dp / f"checkpoints/step-{STEPS:08d}/model.safetensors"))
     assert wa.keys() == wb.keys()
     assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-4
-    # Rank 1 logs the all-reduced (global) loss too, not the mean over its own 8 rows.
-    done = [next(line for line in worker[r].splitlines() if line.startswith("done:")) for r in (0, 1)]
-    assert done[0].split("|")[1] == done[1].split("|")[1], done
+    # Rank 0's loss matching the 16-row loss above shows the loss is all-reduced (an 8-row mean
+    # is off by ~1e-2); the summary line is printed once, by rank 0.
+    assert "done:" in worker[0] and "done:" not in worker[1]

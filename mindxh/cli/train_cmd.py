@@ -26,10 +26,13 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     recipe = load_recipe(args.recipe, overrides)  # every recipe error before any compute
 
+    from mindxh.train import runtime
     from mindxh.train.trainer import Trainer
 
     result = Trainer(recipe, recipe.output_dir, resume=args.resume,
                      show_progress=not args.no_progress).run()
+    if runtime.rank() != 0:
+        return 0
     eval_text = f"{result.eval_loss:.4f}" if result.eval_loss is not None else "n/a"
     print(f"done: {result.final_step} steps in {result.wall_s:.1f}s | loss {result.final_loss:.4f} | "
           f"held-out loss {eval_text} | {result.tokens_per_s:,.0f} tokens/s | MFU {result.mfu:.2%} | "

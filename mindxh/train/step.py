@@ -12,11 +12,21 @@ from mindspore import nn, ops
 from mindxh.train.optim import AdamW
 
 
-def _grad_reducer(optimizer: AdamW, data_parallel: int):
-    """Mean of gradients over data-parallel ranks (None on one rank)."""
-    if data_parallel == 1:
-        return None
-    return nn.DistributedGradReducer(optimizer.params, mean=True, degree=data_parallel)
+class _DataParallelMean(nn.Cell):
+    """Mean of the loss and the gradients over data-parallel ranks: every rank logs the global loss."""
+
+    def __init__(self, optimizer: AdamW, degree: int):
+        super().__init__()
+        self.grad_mean = nn.DistributedGradReducer(optimizer.params, mean=True, degree=degree)
+        self.all_reduce = ops.AllReduce()  # sum over the world group
+        self.inv_degree = 1.0 / degree
+
+    def construct(self, loss, grads):
+        return self.all_reduce(loss) * self.inv_degree, self.grad_mean(grads)
+
+
+def _data_parallel_mean(optimizer: AdamW, degree: int):
+    return None if degree == 1 else _DataParallelMean(optimizer, degree)
 
 
 class TrainStep(nn.Cell):
@@ -27,13 +37,12 @@ class TrainStep(nn.Cell):
         self.loss_cell = loss_cell
         self.optimizer = optimizer
         self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
-        self.reducer = _grad_reducer(optimizer, data_parallel)
+        self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
 
     def construct(self, inputs, targets):
         loss, grads = self.grad_fn(inputs, targets)
-        if self.reducer is not None:
-            grads = self.reducer(grads)
-            loss = self.reducer((loss,))[0]
+        if self.dp_mean is not None:
+            loss, grads = self.dp_mean(loss, grads)
         grad_norm, lr, ok = self.optimizer(grads, loss)
         return loss, grad_norm, lr, ok
 
@@ -45,15 +54,14 @@ class AccumulateStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
-        self.reducer = _grad_reducer(optimizer, data_parallel)
+        self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
 
     def construct(self, inputs, targets):
         loss, grads = self.grad_fn(inputs, targets)
-        if self.reducer is not None:
-            grads = self.reducer(grads)
-            loss = self.reducer((loss,))[0]
+        if self.dp_mean is not None:
+            loss, grads = self.dp_mean(loss, grads)
         for buf, g in zip(self.buffers, grads):
             ops.assign_add(buf, g * self.inv_accum)
         return loss

@@ -82,10 +82,8 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------
     def _check_output_dir(self) -> Path | None:
+        """Refuse to overwrite a run; return the checkpoint to resume from, if any."""
         self.out.mkdir(parents=True, exist_ok=True)
-        removed = ckpt.clean_stale_temporaries(self.out)
-        for path in removed:
-            log.warning("removed an unfinished checkpoint write: %s", path)
         latest = ckpt.latest_checkpoint(self.out)
         if latest is not None and not self.resume:
             raise TrainingError(f"{self.out} already holds checkpoints (newest: {latest.name}); "
@@ -182,16 +180,26 @@ class Trainer:
         r = self.recipe
         latest = self._check_output_dir()
         runtime.configure(r)
+        lead = runtime.rank() == 0
+        if lead:
+            for path in ckpt.clean_stale_temporaries(self.out):
+                log.warning("removed an unfinished checkpoint write: %s", path)
+        else:
+            runtime.barrier()  # rank 0 trains or checks the tokenizer first; the others load it
         tok = prepare_tokenizer(r, self.out)
+        if lead:
+            runtime.barrier()
         if r.model.vocab_size is None:
             r.model.vocab_size = tok.vocab_size
         elif r.model.vocab_size < tok.vocab_size:
             raise TrainingError(f"model.vocab_size={r.model.vocab_size} is smaller than the "
                                 f"tokenizer's {tok.vocab_size}")
-        (self.out / "recipe.yaml").write_text(recipe_to_yaml(r))
+        if lead:
+            (self.out / "recipe.yaml").write_text(recipe_to_yaml(r))
         self.batcher = _batcher(r, tok, "train")
         heldout = _batcher(r, tok, "heldout")
-        self._eval_batches = [self._local_rows(heldout.next_batch()) for _ in range(r.data.heldout_batches)]
+        # every rank evaluates the whole global batch, so all report the same held-out loss
+        self._eval_batches = [heldout.next_batch() for _ in range(r.data.heldout_batches)]
         self._build()
         step = self._restore(latest) if latest is not None else 0
         self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
