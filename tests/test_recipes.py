@@ -164,3 +164,12 @@ def test_readme_documents_every_recipe_key():
             if f"`{section.name}.{f.name}`" not in readme:
                 missing.append(f"{section.name}.{f.name}")
     assert not missing, f"README recipe reference lacks: {missing}"
+
+
+def test_mfu_device_is_checked_before_compute():
+    assert "unknown device 'tpu'" in error_of(TINY, ["metrics.device=tpu"])
+    msg = error_of(TINY, ["compile.device=Ascend"])  # auto cannot guess which Ascend part
+    assert "metrics.device" in msg and "ascend-910b2" in msg
+    recipe = load_recipe(TINY, ["compile.device=Ascend", "metrics.device=910b3", "metrics.dtype=bfloat16"])
+    assert recipe.metrics.peak_device(recipe.compile.device) == "910b3"
+    assert load_recipe(TINY).metrics.peak_device("CPU") == "cpu"

@@ -166,3 +166,15 @@ def test_missing_tokenizer_file_is_a_clear_error(tmp_path):
     res = run_cli("train", str(TINY), "--output-dir", str(tmp_path / "o"),
                   "--set", f"tokenizer.path={tmp_path / 'nope.model'}")
     assert res.returncode == 2 and "nope.model" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("tokenizer.vocab_size=100", "vocab_size=100 is too small"),
+    ("tokenizer.path={bad}", "is not a SentencePiece model"),
+])
+def test_tokenizer_problems_are_one_line_errors(tmp_path, override, needle):
+    bad = tmp_path / "bad.model"
+    bad.write_text("not a model")
+    res = run_cli("train", str(TINY), "--output-dir", str(tmp_path / "o"),
+                  "--set", override.format(bad=bad), "--set", "tokenizer.train_documents=500")
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr

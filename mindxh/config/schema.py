@@ -158,10 +158,15 @@ class ParallelConfig:
 
 @dataclass
 class MetricsConfig:
-    """What MFU is measured against: `device: cpu` measures this CPU with a GEMM probe."""
+    """What MFU is measured against. `cpu` measures this CPU with a GEMM probe; accelerators
+    come from the table in mindxh/utils/flops.py. `auto` means `cpu` when compile.device is
+    CPU; on an accelerator the model must be named (a 910B2 and a 910B4 differ by 1.4x)."""
 
-    device: str = "cpu"
+    device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def peak_device(self, compile_device: str) -> str:
+        return "cpu" if self.device == "auto" and compile_device == "CPU" else self.device
 
 
 @dataclass
@@ -185,7 +190,22 @@ class Recipe:
         m, t = self.model, self.train
         _require(t.seq_len <= m.max_seq_len, "train.seq_len",
                  f"seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+        self._check_peak_device()
         if m.vocab_size is not None and self.tokenizer.path is None:
             _require(m.vocab_size == self.tokenizer.vocab_size, "model.vocab_size",
                      f"model.vocab_size={m.vocab_size} differs from tokenizer.vocab_size="
                      f"{self.tokenizer.vocab_size}; set it to null to follow the tokenizer")
+
+    def _check_peak_device(self) -> None:
+        from mindxh.utils.flops import PEAK_FLOPS, lookup_peak
+
+        device = self.metrics.peak_device(self.compile.device)
+        if device == "auto":
+            raise InvalidValue("metrics.device", f"name the accelerator for MFU on "
+                               f"compile.device={self.compile.device}: one of {', '.join(PEAK_FLOPS)}")
+        if device.lower() == "cpu":
+            return
+        try:
+            lookup_peak(device, self.metrics.dtype)
+        except (KeyError, ValueError) as exc:
+            raise InvalidValue("metrics.device", str(exc.args[0])) from None

@@ -47,6 +47,13 @@ class TrainResult:
 
 def prepare_tokenizer(recipe: Recipe, output_dir: Path) -> Tokenizer:
     """The recipe's tokenizer file, or one trained (deterministically) on the run's data."""
+    try:
+        return _prepare_tokenizer(recipe, output_dir)
+    except ValueError as exc:  # a file that is no tokenizer, a vocabulary the corpus cannot fill
+        raise TrainingError(f"tokenizer: {exc}") from None
+
+
+def _prepare_tokenizer(recipe: Recipe, output_dir: Path) -> Tokenizer:
     cfg = recipe.tokenizer
     if cfg.path is not None:
         return Tokenizer.load(cfg.path)
@@ -207,7 +214,7 @@ class Trainer:
         n_matmul = self.params["non_embedding"] + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
         self.flops_per_token = flops_per_token(n_matmul, m.num_layers, m.num_heads, m.head_dim,
                                                r.train.seq_len)
-        self.peak, peak_source = resolve_peak(r.metrics.device, r.metrics.dtype)
+        self.peak, peak_source = resolve_peak(r.metrics.peak_device(r.compile.device), r.metrics.dtype)
         log.info("model: %s parameters (%s non-embedding); %.3g FLOPs/token; peak %.3g FLOP/s (%s)",
                  f"{self.params['total']:,}", f"{self.params['non_embedding']:,}",
                  self.flops_per_token, self.peak, peak_source)
