@@ -178,3 +178,12 @@ def test_tokenizer_problems_are_one_line_errors(tmp_path, override, needle):
     res = run_cli("train", str(TINY), "--output-dir", str(tmp_path / "o"),
                   "--set", override.format(bad=bad), "--set", "tokenizer.train_documents=500")
     assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_metrics_of_a_run_without_checkpoints_are_not_overwritten(tmp_path, tiny_tokenizer):
+    out = tmp_path / "early-crash"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 5, "loss": 3.0}\n')
+    res = _train(out, tiny_tokenizer, "--max-steps", "2")
+    assert res.returncode == 2 and "--resume" in res.stderr
+    assert (out / "metrics.jsonl").read_text() == '{"step": 5, "loss": 3.0}\n'

@@ -27,7 +27,11 @@ def configure(recipe: Recipe) -> None:
             f"--master_port=PORT --join=True $(which mindxh) train ...` (msrun starts each rank as "
             f"`python SCRIPT`, so the virtualenv's bin/ must come first on PATH) "
             f"or set parallel.data_parallel={world_size()}")
-    ms.set_device(recipe.compile.device)
+    try:
+        ms.set_device(recipe.compile.device)
+    except RuntimeError as exc:  # e.g. Ascend asked for on a machine without CANN
+        first = str(exc).strip().splitlines()[0]
+        raise LaunchError(f"compile.device={recipe.compile.device} is not usable here: {first}") from None
     mode = ms.GRAPH_MODE if recipe.compile.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode, jit_config={"jit_level": recipe.compile.jit_level})
     ms.set_seed(recipe.seed)

@@ -92,9 +92,10 @@ class Trainer:
         """Refuse to overwrite a run; return the checkpoint to resume from, if any."""
         self.out.mkdir(parents=True, exist_ok=True)
         latest = ckpt.latest_checkpoint(self.out)
-        if latest is not None and not self.resume:
-            raise TrainingError(f"{self.out} already holds checkpoints (newest: {latest.name}); "
-                                "pass --resume to continue that run, or choose another --output-dir")
+        if not self.resume and (latest is not None or (self.out / "metrics.jsonl").exists()):
+            held = f"checkpoints (newest: {latest.name})" if latest else "a run's metrics.jsonl"
+            raise TrainingError(f"{self.out} already holds {held}; pass --resume to continue that "
+                                "run, or choose another --output-dir")
         if latest is None and self.resume:
             log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
         return latest
