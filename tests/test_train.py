@@ -187,3 +187,11 @@ def test_metrics_of_a_run_without_checkpoints_are_not_overwritten(tmp_path, tiny
     res = _train(out, tiny_tokenizer, "--max-steps", "2")
     assert res.returncode == 2 and "--resume" in res.stderr
     assert (out / "metrics.jsonl").read_text() == '{"step": 5, "loss": 3.0}\n'
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path, tiny_tokenizer):
+    out = tmp_path / "run"
+    assert _train(out, tiny_tokenizer, "--max-steps", "10").returncode == 0
+    res = _train(out, tiny_tokenizer, "--resume", "--set", "model.hidden_size=64")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "the recipe's model differs from the checkpoint's" in res.stderr

@@ -121,15 +121,18 @@ class Trainer:
         import mindspore as ms
 
         state = ckpt.load_checkpoint(path)
-        saved = state.recipe_text
-        if saved != recipe_to_yaml(self.recipe):
+        if state.recipe_text != recipe_to_yaml(self.recipe):
             log.warning("resuming with a recipe that differs from the checkpoint's (%s/recipe.yaml)", path)
-        for name, p in self.model.parameters_and_names():
-            if name not in state.model:
-                raise TrainingError(f"{path}/model.safetensors has no tensor '{name}': the model differs")
-            p.set_data(ms.Tensor(state.model[name]))
-        for name, p in self._optimizer_state_params():
-            p.set_data(ms.Tensor(state.optimizer[name]))
+        for tensors, params, file in ((state.model, self.model.parameters_and_names(), "model"),
+                                      (state.optimizer, self._optimizer_state_params(), "optimizer")):
+            for name, p in params:
+                saved = tensors.get(name)
+                if saved is None or saved.shape != tuple(p.shape):
+                    found = "missing" if saved is None else f"shape {saved.shape}"
+                    raise TrainingError(f"{path}/{file}.safetensors: '{name}' is {found}, the model "
+                                        f"needs {tuple(p.shape)}; the recipe's model differs from "
+                                        "the checkpoint's")
+                p.set_data(ms.Tensor(saved))
         self.batcher.load_state_dict(state.state["data"])
         ms.set_rng_state(ms.Tensor(np.asarray(state.state["rng"], np.uint8)))
         log.info("resumed from %s (step %d)", path, state.step)
