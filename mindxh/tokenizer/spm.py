@@ -254,6 +254,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a tokenizer is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
