@@ -58,7 +58,7 @@ def test_adamw_matches_reference(ms):
     expected = reference(init, grads_per_step, cfg, 6)
     for param, ref in zip(params, expected):
         np.testing.assert_allclose(param.asnumpy(), ref, rtol=2e-5, atol=2e-6)
-    assert int(opt.step.asnumpy()) == 6
+    assert opt.step.asnumpy().item() == 6
 
 
 def test_non_finite_gradient_changes_nothing(ms):
@@ -70,9 +70,9 @@ def test_non_finite_gradient_changes_nothing(ms):
     _, _, ok = opt((bad,), ms.Tensor(1.0, ms.float32))
     assert not bool(ok.asnumpy())
     np.testing.assert_array_equal(param.asnumpy(), np.ones((2, 2), np.float32))
-    assert not opt.exp_avg[0].asnumpy().any() and int(opt.step.asnumpy()) == 0
+    assert not opt.exp_avg[0].asnumpy().any() and opt.step.asnumpy().item() == 0
     _, _, ok = opt((ms.Tensor(np.ones((2, 2), np.float32)),), ms.Tensor(float("inf"), ms.float32))
-    assert not bool(ok.asnumpy()) and int(opt.step.asnumpy()) == 0  # a non-finite loss as well
+    assert not bool(ok.asnumpy()) and opt.step.asnumpy().item() == 0  # a non-finite loss as well
 
 
 def test_schedule_shape():

@@ -39,7 +39,8 @@ class AdamW(nn.Cell):
         self.params = ParameterTuple(params)
         self.exp_avg = self.params.clone(prefix="exp_avg", init="zeros")
         self.exp_avg_sq = self.params.clone(prefix="exp_avg_sq", init="zeros")
-        self.step = Parameter(Tensor(np.array(0, np.int32)), name="step", requires_grad=False)
+        # shape (1,), not (): graph-mode assignment turns a 0-d parameter into (1,) anyway
+        self.step = Parameter(Tensor(np.zeros(1, np.int32)), name="step", requires_grad=False)
         self.decay_flags = tuple(decays(p) for p in params)
         self.cfg = cfg
         self.max_steps = max_steps
@@ -65,8 +66,9 @@ class AdamW(nn.Cell):
         scale = ops.ones_like(grad_norm)
         if cfg.grad_clip > 0:
             scale = ops.minimum(scale, cfg.grad_clip / (grad_norm + 1e-6))
-        lr = self.schedule(self.step)
-        t = (self.step + 1).astype(ms.float32)
+        step = self.step[0]
+        lr = self.schedule(step)
+        t = (step + 1).astype(ms.float32)
         bias1 = 1.0 - ops.pow(cfg.beta1, t)
         bias2 = 1.0 - ops.pow(cfg.beta2, t)
         for p, m, v, g, decay in zip(self.params, self.exp_avg, self.exp_avg_sq, grads, self.decay_flags):
