@@ -161,11 +161,11 @@ def test_cli_reports_errors(tmp_path, capsys):
     # 256 pieces cannot hold 256 byte-fallback pieces plus the specials.
     args = _parse(["tokenizer", "train", "--synthetic", "2000", "--vocab-size", "256",
                    "--out", str(tmp_path / "t")])
-    assert cli.run(args) == 1
+    assert cli.run(args) == 2
     assert "vocab_size=256 is too small" in capsys.readouterr().err
     args = _parse(["tokenizer", "train", "--input", str(tmp_path / "none.txt"),
                    "--vocab-size", "400", "--out", str(tmp_path / "t")])
-    assert cli.run(args) == 1
+    assert cli.run(args) == 2
     assert "none.txt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parse(["tokenizer", "train", "--synthetic", "5", "--vocab-size", "400",

@@ -12,7 +12,7 @@ import sys
 from mindxh.data.synthetic import LEVELS, sample_texts
 from mindxh.tokenizer.spm import Tokenizer, train, train_from_texts
 
-__all__ = ["add_parser", "register", "run"]
+__all__ = ["register", "run"]
 
 
 def _levels(value: str) -> tuple[int, ...]:
@@ -55,16 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.set_defaults(func=run)
 
 
-add_parser = register
-
 
 def run(args: argparse.Namespace) -> int:
-    """Train as ``args`` say; print one summary line; 0 on success, 1 on bad input."""
+    """Train as ``args`` say; print one summary line; 0 on success, 2 on bad input (as every mindxh command)."""
     try:
         tok = _train(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"tokenizer vocab_size={tok.vocab_size} path={tok.path} sha256={tok.sha256[:12]}")
     return 0
 
