@@ -55,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tr.set_defaults(func=run)
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Train as ``args`` say; print one summary line; 0 on success, 2 on bad input (as every mindxh command)."""
     try:

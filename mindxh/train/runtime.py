@@ -24,8 +24,8 @@ def configure(recipe: Recipe) -> None:
         raise LaunchError(
             f"parallel.data_parallel={dp} but this process runs in a job of {world_size()} "
             f"rank(s); launch with `msrun --worker_num={dp} --local_worker_num={dp} "
-            f"--master_port=PORT --join=True $(which mindxh) train ...` (msrun starts each rank as "
-            f"`python SCRIPT`, so the virtualenv's bin/ must come first on PATH) "
+            f"--master_port=PORT --join=True python -m mindxh train ...` (msrun runs the `python` "
+            f"found on PATH, so the environment with mindxh must come first on it) "
             f"or set parallel.data_parallel={world_size()}")
     try:
         ms.set_device(recipe.compile.device)

@@ -156,8 +156,7 @@ class Trainer:
     # -- steps --------------------------------------------------------------
     def _local_rows(self, batch: np.ndarray) -> np.ndarray:
         b = self.recipe.train.batch_size
-        r = runtime.rank()
-        return batch[r * b:(r + 1) * b]
+        return batch[self.rank * b:(self.rank + 1) * b]
 
     def _one_step(self):
         import mindspore as ms
@@ -191,7 +190,8 @@ class Trainer:
         r = self.recipe
         latest = self._check_output_dir()
         runtime.configure(r)
-        lead = runtime.rank() == 0
+        self.rank = runtime.rank()
+        lead = self.rank == 0
         if lead:
             for path in ckpt.clean_stale_temporaries(self.out):
                 log.warning("removed an unfinished checkpoint write: %s", path)
@@ -213,7 +213,9 @@ class Trainer:
         self._eval_batches = [heldout.next_batch() for _ in range(r.data.heldout_batches)]
         self._build()
         step = self._restore(latest) if latest is not None else 0
-        self.metrics = MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
+        # rank 0 alone owns metrics.jsonl: another rank opening it would truncate rank 0's records
+        self.metrics = (MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
+                        if lead else None)
         m = r.model
         n_matmul = self.params["non_embedding"] + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
         self.flops_per_token = flops_per_token(n_matmul, m.num_layers, m.num_heads, m.head_dim,
@@ -230,7 +232,7 @@ class Trainer:
         step = self._setup()
         if step >= t.max_steps:
             log.info("nothing to do: the run already reached train.max_steps=%d", t.max_steps)
-        lead = runtime.rank() == 0
+        lead = self.rank == 0
         tokens_per_step = t.batch_size * t.seq_len * t.grad_accum * r.parallel.data_parallel
         progress = Progress(r.name, t.max_steps, step, bar=self.show_progress and lead)
         loss, eval_loss = float("nan"), None
