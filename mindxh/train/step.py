@@ -30,7 +30,7 @@ def _data_parallel_mean(optimizer: AdamW, degree: int):
 
 
 class TrainStep(nn.Cell):
-    """(inputs, targets) -> (loss, grad_norm, lr, ok)."""
+    """(*batch) -> (loss, grad_norm, lr, ok); `batch` is whatever the loss cell takes."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int = 1):
         super().__init__(auto_prefix=False)
@@ -39,8 +39,8 @@ class TrainStep(nn.Cell):
         self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
         self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
 
-    def construct(self, inputs, targets):
-        loss, grads = self.grad_fn(inputs, targets)
+    def construct(self, *batch):
+        loss, grads = self.grad_fn(*batch)
         if self.dp_mean is not None:
             loss, grads = self.dp_mean(loss, grads)
         grad_norm, lr, ok = self.optimizer(grads, loss)
@@ -48,7 +48,7 @@ class TrainStep(nn.Cell):
 
 
 class AccumulateStep(nn.Cell):
-    """(inputs, targets) -> loss; adds grads / accum into `buffers`."""
+    """(*batch) -> loss; adds grads / accum into `buffers`."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1):
         super().__init__(auto_prefix=False)
@@ -58,8 +58,8 @@ class AccumulateStep(nn.Cell):
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
 
-    def construct(self, inputs, targets):
-        loss, grads = self.grad_fn(inputs, targets)
+    def construct(self, *batch):
+        loss, grads = self.grad_fn(*batch)
         if self.dp_mean is not None:
             loss, grads = self.dp_mean(loss, grads)
         for buf, g in zip(self.buffers, grads):

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore import dtype as mstype
 
 from mindxh.config.schema import ModelConfig
 
@@ -65,7 +66,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tens
 
 
 def apply_rope(x, cos, sin):
-    """x: [B, heads, S, D]; cos/sin: [S, D]."""
+    """x: [B, heads, S, D]; cos/sin: [S, D], or [B, 1, S, D] for per-row positions."""
     half = x.shape[-1] // 2
     rotated = ops.concat((-x[..., half:], x[..., :half]), -1)
     return x * cos + rotated * sin
@@ -156,9 +157,20 @@ class Decoder(nn.Cell):
         self.causal_mask = Tensor(causal)
         self.matmul_t = ops.MatMul(transpose_b=True)
 
-    def construct(self, tokens):
-        s = tokens.shape[1]
-        cos, sin, mask = self.cos[:s], self.sin[:s], self.causal_mask[:s, :s]
+    def construct(self, tokens, positions=None, segment_ids=None):
+        """`positions` [B, S] restart at 0 in each packed document; `segment_ids` [B, S] keep
+        attention inside a document (tokens attend only to earlier tokens of the same id)."""
+        b, s = tokens.shape
+        if positions is None:
+            cos, sin = self.cos[:s], self.sin[:s]
+        else:
+            cos = ops.gather(self.cos, positions, 0).expand_dims(1)  # [B, 1, S, D]
+            sin = ops.gather(self.sin, positions, 0).expand_dims(1)
+        mask = self.causal_mask[:s, :s]
+        if segment_ids is not None:
+            same = segment_ids.expand_dims(2) == segment_ids.expand_dims(1)  # [B, S, S]
+            other_doc = (1.0 - same.astype(mstype.float32)) * _MASKED
+            mask = (mask + other_doc).reshape(b, 1, 1, s, s)
         x = ops.gather(self.embed, tokens, 0)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
@@ -176,8 +188,8 @@ class LossCell(nn.Cell):
         super().__init__()
         self.model = model
 
-    def construct(self, inputs, targets):
-        logits = self.model(inputs)
+    def construct(self, inputs, targets, positions=None, segment_ids=None):
+        logits = self.model(inputs, positions, segment_ids)
         vocab = logits.shape[-1]
         return ops.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1),
                                  ignore_index=-100, reduction="mean")
