@@ -173,3 +173,41 @@ def test_mfu_device_is_checked_before_compute():
     recipe = load_recipe(TINY, ["compile.device=Ascend", "metrics.device=910b3", "metrics.dtype=bfloat16"])
     assert recipe.metrics.peak_device(recipe.compile.device) == "910b3"
     assert load_recipe(TINY).metrics.peak_device("CPU") == "cpu"
+
+
+PREPARED = """tokenizer:
+  path: tok.model
+data:
+  source: prepared
+  datasets:
+    - path: data/a
+      weight: 3
+    - {path: data/b, wieght: 1}
+"""
+
+
+def test_datasets_are_a_typed_list_whose_items_are_checked_like_sections(tmp_path):
+    p = write(tmp_path, "r.yaml", PREPARED)
+    msg = error_of(p)
+    assert "data.datasets[1].wieght" in msg and f"{p}, line 8" in msg
+    assert "did you mean 'weight'" in msg.lower()
+    recipe = load_recipe(write(tmp_path, "ok.yaml", PREPARED.replace("wieght", "weight")),
+                         ["train.init_from=runs/pre", "data.eval_dataset=data/held"])
+    assert [(d.path, d.weight) for d in recipe.data.datasets] == [("data/a", 3.0), ("data/b", 1.0)]
+    assert recipe.train.init_from == "runs/pre" and recipe.data.eval_dataset == "data/held"
+    again = write(tmp_path, "again.yaml", recipe_to_yaml(recipe))
+    assert load_recipe(again) == recipe
+
+
+@pytest.mark.parametrize("override, key, needle, where", [
+    ("data.datasets=[{weight: 2}]", "data.datasets[0].path", "required key is missing", "--set"),
+    ("data.datasets=[{path: a, weight: 0}]", "data.datasets[0].weight", "positive", "--set"),
+    ("data.datasets={path: a}", "data.datasets", "expected a list", "--set"),
+    ("data.datasets=[]", "data.datasets", "at least one dataset", "--set"),
+    ("data.source=synthetic", "data.datasets", "only read when data.source is prepared", "line 5"),
+    ("tokenizer.path=null", "tokenizer.path", "the tokenizer they were prepared with", "--set"),
+    ("train.init_from=3", "train.init_from", "expected str or null", "--set"),
+])
+def test_prepared_data_mistakes_name_the_key(tmp_path, override, key, needle, where):
+    msg = error_of(write(tmp_path, "r.yaml", PREPARED.replace("wieght", "weight")), [override])
+    assert msg.startswith(key) and needle in msg and where in msg

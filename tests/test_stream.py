@@ -9,6 +9,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from mindxh.data.packing import IGNORE, Packer, positions_from_segments
 from mindxh.data.stream import PackedBatcher
 from mindxh.data.synthetic import document_source, sample_texts
 from mindxh.tokenizer import Tokenizer, train_from_texts
@@ -34,26 +35,38 @@ def _recording(reads: list[int]):
     return make_iter
 
 
+KEYS = ("input_ids", "labels", "positions", "segment_ids")
+
+
 def test_shape_dtype_and_counters(tok):
     b = PackedBatcher(document_source(0, "train", 2), tok, SEQ, BATCH)
     x = b.next_batch()
-    assert x.shape == (BATCH, SEQ + 1) and x.dtype == np.int32
+    assert set(x) == set(KEYS)
+    assert all(x[k].shape == (BATCH, SEQ) and x[k].dtype == np.int32 for k in KEYS)
     assert b.batches_served == 1 and b.next_document_index > 0
-    assert x.min() >= 0 and x.max() < tok.vocab_size
+    assert x["input_ids"].min() >= 0 and x["input_ids"].max() < tok.vocab_size
+    np.testing.assert_array_equal(x["positions"], positions_from_segments(x["segment_ids"]))
 
 
-def test_stream_is_bos_doc_eos_packed_without_overlap(tok):
+def test_rows_are_the_shared_packers_rows(tok):
+    """Same rows as mindxh.data.packing.Packer (split=True), i.e. as prepared pretraining data:
+    documents back to back, one segment each, a cut document continuing in the next row."""
     b = PackedBatcher(document_source(0, "train", [1, 2, 3]), tok, SEQ, BATCH)
-    flat = np.concatenate([b.next_batch().reshape(-1) for _ in range(5)]).tolist()
-    expected: list[int] = []
+    got = [b.next_batch() for _ in range(5)]
+    packer, want = Packer(SEQ, split=True), []
     for _, text in document_source(0, "train", [1, 2, 3])(0):
-        expected += [tok.bos_id] + tok.encode(text) + [tok.eos_id]
-        if len(expected) >= len(flat):
+        want += list(packer.add(tok.encode(text, bos=True, eos=True)))
+        if len(want) >= 5 * BATCH:
             break
-    assert flat == expected[: len(flat)]  # rows are consecutive, non-overlapping windows
-    assert flat[0] == tok.bos_id
-    assert flat.count(tok.bos_id) == expected[: len(flat)].count(tok.bos_id) > 3
-    assert tok.pad_id not in flat
+    for i, row in enumerate(want[: 5 * BATCH]):
+        batch, r = divmod(i, BATCH)
+        np.testing.assert_array_equal(got[batch]["input_ids"][r], row.input_ids)
+        np.testing.assert_array_equal(got[batch]["labels"][r], row.labels)
+        np.testing.assert_array_equal(got[batch]["segment_ids"][r], row.segment_ids)
+    flat = np.concatenate([g["input_ids"].reshape(-1) for g in got]).tolist()
+    assert flat[0] == tok.bos_id and flat.count(tok.bos_id) > 3
+    assert tok.pad_id not in flat and all((g["labels"] != IGNORE).all() for g in got)
+    assert all((g["segment_ids"] > 0).all() for g in got)  # no padding slot
 
 
 def test_exact_resume(tok):
@@ -65,13 +78,14 @@ def test_exact_resume(tok):
     first = PackedBatcher(_recording(reads), tok, SEQ, BATCH)
     got = [first.next_batch() for _ in range(3)]
     state = json.loads(json.dumps(first.state_dict()))
-    assert state["batches_served"] == 3 and state["buffer"] == first.state_dict()["buffer"]
+    assert state["batches_served"] == 3 and state["inputs"] == first.state_dict()["inputs"]
 
     second = PackedBatcher(_recording(reads), tok, SEQ, BATCH)
     second.load_state_dict(state)
     got += [second.next_batch() for _ in range(4)]
     for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
+        for k in KEYS:
+            np.testing.assert_array_equal(g[k], w[k])
     assert second.batches_served == 7
     # Documents were neither re-read nor skipped across the interruption.
     assert reads == ref_reads
@@ -93,10 +107,10 @@ def test_finite_source_stops(tok):
     def make_iter(start: int) -> Iterator[tuple[int, str]]:
         return ((i, t) for i, t in enumerate(texts) if i >= start)
 
-    total = sum(len(tok.encode(t)) + 2 for t in texts)
+    slots = sum(len(tok.encode(t)) + 1 for t in texts)  # <s> text </s> fills len + 1 slots
     b = PackedBatcher(make_iter, tok, seq_len=7, batch_size=2)
     batches = list(b)
-    assert len(batches) == total // 16
+    assert len(batches) == slots // 14
     with pytest.raises(StopIteration):
         b.next_batch()
 

@@ -195,3 +195,33 @@ def test_resume_with_a_different_model_is_refused(tmp_path, tiny_tokenizer):
     res = _train(out, tiny_tokenizer, "--resume", "--set", "model.hidden_size=64")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "the recipe's model differs from the checkpoint's" in res.stderr
+
+
+def test_init_from_starts_from_another_runs_weights_with_a_fresh_optimizer(tmp_path, tiny_tokenizer,
+                                                                           straight):
+    common = ("--max-steps", "2", "--set", "train.log_every=1")
+    fresh, warm = tmp_path / "fresh", tmp_path / "warm"
+    assert _train(fresh, tiny_tokenizer, *common).returncode == 0
+    res = _train(warm, tiny_tokenizer, *common, "--set", f"train.init_from={straight}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "initialised the weights from" in res.stderr and "step-00000030" in res.stderr  # newest
+    # step 1 is computed with the pretrained weights: far below a fresh model's first loss
+    assert metrics(warm)[0]["loss"] < metrics(fresh)[0]["loss"] - 1.0
+    optim = load_file(str(warm / "checkpoints/step-00000002/optimizer.safetensors"))
+    assert [v.tolist() for k, v in optim.items() if k.startswith("step")] == [[2]]  # not 32
+
+    one = tmp_path / "one"  # a checkpoint directory works too
+    res = _train(one, tiny_tokenizer, *common, "--max-steps", "1",
+                 "--set", f"train.init_from={straight / 'checkpoints/step-00000010'}")
+    assert res.returncode == 0 and "step-00000010" in res.stderr
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("model.hidden_size=64", "tensor 'embed' is shape (512, 128)"),
+    ("train.init_from={missing}", "neither a checkpoint directory"),
+])
+def test_init_from_problems_are_one_line_errors(tmp_path, tiny_tokenizer, straight, override, needle):
+    res = _train(tmp_path / "o", tiny_tokenizer, "--set", f"train.init_from={straight}",
+                 "--set", override.format(missing=tmp_path / "missing"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "train.init_from=" in res.stderr and needle in res.stderr

@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from mindxh.cli import recipe_cmd, train_cmd
+from mindxh.cli import data_cmd, eval_cmd, generate_cmd, grade_cmd, pipeline_cmd, recipe_cmd, train_cmd
 from mindxh.tokenizer import cli as tokenizer_cli
 
 
@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.register(sub)
     recipe_cmd.register(sub)
     tokenizer_cli.register(sub)
+    data_cmd.register(sub)
+    pipeline_cmd.register(sub)
+    generate_cmd.register(sub)
+    grade_cmd.register(sub)
+    eval_cmd.register(sub)
     return parser
 
 

@@ -43,12 +43,16 @@ def _read_yaml(path: Path) -> tuple[dict, Sources]:
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     sources: Sources = {}
 
-    def walk(n: yaml.Node, prefix: str) -> None:
+    def walk(n: yaml.Node, key: str) -> None:
         if isinstance(n, yaml.MappingNode):
             for key_node, value_node in n.value:
-                key = f"{prefix}{key_node.value}"
-                sources[key] = f"{path}, line {key_node.start_mark.line + 1}"
-                walk(value_node, key + ".")
+                child = f"{key}.{key_node.value}" if key else str(key_node.value)
+                sources[child] = f"{path}, line {key_node.start_mark.line + 1}"
+                walk(value_node, child)
+        elif isinstance(n, yaml.SequenceNode):  # items of a list of sections: data.datasets[0]
+            for i, item in enumerate(n.value):
+                sources[f"{key}[{i}]"] = f"{path}, line {item.start_mark.line + 1}"
+                walk(item, f"{key}[{i}]")
 
     walk(node, "")
     return data, sources
@@ -102,6 +106,8 @@ def _apply_override(data: dict, sources: Sources, override: str) -> None:
             node[part] = child
         node = child
     node[parts[-1]] = value
+    for stale in [k for k in sources if k.startswith((f"{key}.", f"{key}["))]:
+        del sources[stale]  # the override replaced what the file said below this key
     sources[key] = f"--set {override}"
 
 
@@ -109,7 +115,7 @@ def _where(sources: Sources, key: str) -> str:
     while key:
         if key in sources:
             return f" ({sources[key]})"
-        key = key.rpartition(".")[0]
+        key = key[:max(key.rfind("."), key.rfind("["), 0)]  # up one level: a.b[1].c -> a.b[1] -> a.b
     return ""
 
 
@@ -165,12 +171,35 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported recipe field type {tp!r}")
 
 
+def _dataclass_items(tp: Any) -> type | None:
+    """The item class of a `list[SomeSection]` field, else None."""
+    if typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
+def _build_list(item_cls: type, value: Any, dotted: str, sources: Sources) -> list:
+    """A list of sections, e.g. data.datasets: each item is checked like a section."""
+    if not isinstance(value, list):
+        raise RecipeError(f"{dotted}{_where(sources, dotted)}: expected a list of mappings with keys "
+                          f"{', '.join(f.name for f in dataclasses.fields(item_cls))}, got {value!r}")
+    return [_build(item_cls, item, f"{dotted}[{i}].", sources) for i, item in enumerate(value)]
+
+
 def _build(cls: type, data: Any, prefix: str, sources: Sources) -> Any:
     section = prefix.rstrip(".") or "the recipe"
     if not isinstance(data, dict):
         raise RecipeError(f"{section}: expected a mapping of keys{_where(sources, prefix.rstrip('.'))}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    missing = [f.name for f in fields if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if missing:
+        raise RecipeError(f"{prefix}{missing[0]}{_where(sources, section)}: required key is missing "
+                          f"in {section}")
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
@@ -182,6 +211,10 @@ def _build(cls: type, data: Any, prefix: str, sources: Sources) -> Any:
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, dotted + ".", sources)
+            continue
+        item_cls = _dataclass_items(tp)
+        if item_cls is not None:
+            kwargs[key] = _build_list(item_cls, value, dotted, sources)
             continue
         out = _coerce(value, tp)
         if out is _NO:

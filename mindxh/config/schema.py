@@ -11,18 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 
-class InvalidValue(ValueError):
-    """A value that parsed but cannot work; `key` is relative to its section."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise InvalidValue(key, message)
+from mindxh.config.errors import InvalidValue
+from mindxh.config.errors import require as _require
+from mindxh.config.stages import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig
 
 
 @dataclass
@@ -79,18 +70,40 @@ class TokenizerConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where tokens come from. `synthetic` is the embedded reasoning-text generator."""
+class DatasetConfig:
+    """One prepared dataset (`mindxh data prepare` output) and its share of the mixture."""
 
-    source: Literal["synthetic"] = "synthetic"
-    levels: list[int] = field(default_factory=lambda: [1, 2])
-    heldout_batches: int = 4  # batches of held-out text for the eval loss
+    path: str  # the directory holding manifest.json and the MindRecord shards
+    weight: float = 1.0  # relative share of training samples drawn from it
+
+    def check(self) -> None:
+        _require(self.weight > 0 and self.weight < float("inf"), "weight",
+                 f"must be a positive number, got {self.weight}")
+        _require(bool(self.path.strip()), "path", "must name a prepared dataset directory")
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from: `synthetic` (the embedded reasoning-text generator) or
+    `prepared` (packed MindRecord datasets from `mindxh data prepare`, mixed by weight)."""
+
+    source: Literal["synthetic", "prepared"] = "synthetic"
+    levels: list[int] = field(default_factory=lambda: [1, 2])  # synthetic only
+    heldout_batches: int = 4  # global batches of held-out rows for the eval loss
+    datasets: list[DatasetConfig] = field(default_factory=list)  # prepared only
+    eval_dataset: Optional[str] = None  # a held-out prepared dataset for the eval loss
 
     def check(self) -> None:
         _require(len(self.levels) > 0, "levels", "needs at least one level")
         _require(all(1 <= lv <= 3 for lv in self.levels), "levels",
                  f"levels must be in 1..3, got {self.levels}")
         _require(self.heldout_batches >= 0, "heldout_batches", "must be >= 0")
+        if self.source == "prepared":
+            _require(len(self.datasets) > 0, "datasets",
+                     "data.source=prepared needs at least one dataset: [{path: DIR, weight: 1.0}]")
+        else:
+            _require(not self.datasets, "datasets",
+                     f"is only read when data.source is prepared (it is {self.source!r})")
 
 
 @dataclass
@@ -129,12 +142,15 @@ class TrainConfig:
     eval_every: int = 0  # held-out loss every N steps; 0: only at the end
     checkpoint_every: int = 100
     keep_last: int = 2
+    init_from: Optional[str] = None  # a checkpoint or run dir: its weights start this run
 
     def check(self) -> None:
         for key in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every",
                     "checkpoint_every", "keep_last"):
             _require(getattr(self, key) > 0, key, "must be a positive integer")
         _require(self.eval_every >= 0, "eval_every", "must be >= 0")
+        _require(self.init_from is None or bool(self.init_from.strip()), "init_from",
+                 "must name a checkpoint or run directory (or be null)")
 
 
 @dataclass
@@ -184,6 +200,10 @@ class Recipe:
     compile: CompileConfig = field(default_factory=CompileConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def cross_checks(self) -> None:
         """Checks that span sections; keys are full dotted paths."""
@@ -191,6 +211,12 @@ class Recipe:
         _require(t.seq_len <= m.max_seq_len, "train.seq_len",
                  f"seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
         self._check_peak_device()
+        if self.tokenizer.path is None:
+            for used, key in ((self.data.source == "prepared", "data.source"),
+                              (self.data.eval_dataset is not None, "data.eval_dataset")):
+                _require(not used, "tokenizer.path",
+                         f"{key} reads prepared datasets, so set tokenizer.path to the tokenizer "
+                         "they were prepared with (a freshly trained one would not match them)")
         if m.vocab_size is not None and self.tokenizer.path is None:
             _require(m.vocab_size == self.tokenizer.vocab_size, "model.vocab_size",
                      f"model.vocab_size={m.vocab_size} differs from tokenizer.vocab_size="

@@ -1,13 +1,15 @@
-"""Packed token batches with exact resume.
+"""Packed batches from a document source (the embedded generator), with exact resume.
 
-Documents are encoded as ``<s> text </s>`` and concatenated into one token
-stream.  Each batch row is the next ``seq_len + 1`` tokens of that stream
-(the caller takes ``row[:-1]`` as inputs and ``row[1:]`` as targets); rows
-never overlap, so no token is trained on twice as a target.
+Documents are encoded as ``<s> text </s>`` and packed like prepared pretraining data
+(:class:`mindxh.data.packing.Packer` with ``split=True``): a document of ``L`` tokens fills
+``L - 1`` slots (inputs ``doc[:-1]``, labels ``doc[1:]``), rows are the next ``seq_len``
+slots, a document cut at a row's end continues in the next row, and every row numbers its
+documents 1, 2, ... in ``segment_ids`` so that attention stays inside a document. No slot is
+padding and no token is a target twice.
 
-The whole position in the stream is the index of the next document to read
-plus the not-yet-served tokens; :meth:`PackedBatcher.state_dict` holds both,
-so a restored batcher continues exactly as if it had never stopped.
+The whole position in the stream is the index of the next document to read plus the
+not-yet-served slots; :meth:`PackedBatcher.state_dict` holds both, so a restored batcher
+continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from mindxh.data.packing import positions_from_segments
 from mindxh.tokenizer.spm import Tokenizer
 
 __all__ = ["DocumentFactory", "PackedBatcher"]
@@ -26,11 +29,11 @@ logger = logging.getLogger(__name__)
 DocumentFactory = Callable[[int], Iterator[tuple[int, str]]]
 """``make_iter(start)``: yields ``(doc_index, text)`` with increasing ``doc_index >= start``."""
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 
 class PackedBatcher:
-    """Packs encoded documents into int32 ``[batch_size, seq_len + 1]`` batches."""
+    """Batches of ``batch_size`` packed rows: input_ids, labels, positions, segment_ids [B, S]."""
 
     def __init__(
         self,
@@ -48,7 +51,10 @@ class PackedBatcher:
         self.seq_len = seq_len
         self.batch_size = batch_size
         self._next_doc = 0
-        self._buffer: list[int] = []
+        # unserved slots: input token, label, index of the document it belongs to
+        self._inputs: list[int] = []
+        self._labels: list[int] = []
+        self._owner: list[int] = []
         self._batches_served = 0
         self._docs: Iterator[tuple[int, str]] | None = None
 
@@ -80,22 +86,33 @@ class PackedBatcher:
             self._next_doc = index + 1
             yield index, text
 
-    def next_batch(self) -> np.ndarray:
-        """The next ``[batch_size, seq_len + 1]`` int32 batch; StopIteration at the end."""
-        need = self.batch_size * (self.seq_len + 1)
-        if len(self._buffer) < need:
-            for _, text in self.iterate_documents():
-                self._buffer.extend(self._tok.encode(text, bos=True, eos=True))
-                if len(self._buffer) >= need:
+    def next_batch(self) -> dict[str, np.ndarray]:
+        """The next batch (int32 [batch_size, seq_len] arrays); StopIteration at the end."""
+        need = self.batch_size * self.seq_len
+        if len(self._inputs) < need:
+            for index, text in self.iterate_documents():
+                ids = self._tok.encode(text, bos=True, eos=True)
+                self._inputs.extend(ids[:-1])
+                self._labels.extend(ids[1:])
+                self._owner.extend([index] * (len(ids) - 1))
+                if len(self._inputs) >= need:
                     break
-        if len(self._buffer) < need:
+        if len(self._inputs) < need:
             raise StopIteration("document source exhausted")
-        batch = np.asarray(self._buffer[:need], dtype=np.int32)
-        del self._buffer[:need]
+        shape = (self.batch_size, self.seq_len)
+        inputs = np.asarray(self._inputs[:need], np.int32).reshape(shape)
+        labels = np.asarray(self._labels[:need], np.int32).reshape(shape)
+        owner = np.asarray(self._owner[:need], np.int64).reshape(shape)
+        for buf in (self._inputs, self._labels, self._owner):
+            del buf[:need]
+        change = np.ones(shape, np.int32)  # a new segment where the document changes
+        change[:, 1:] = owner[:, 1:] != owner[:, :-1]
+        segments = np.cumsum(change, axis=1, dtype=np.int32)
         self._batches_served += 1
-        return batch.reshape(self.batch_size, self.seq_len + 1)
+        return {"input_ids": inputs, "labels": labels,
+                "positions": positions_from_segments(segments), "segment_ids": segments}
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         while True:
             try:
                 yield self.next_batch()
@@ -103,11 +120,13 @@ class PackedBatcher:
                 return
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable position: next document, leftover tokens, batches served."""
+        """JSON-serialisable position: next document, leftover slots, batches served."""
         return {
             "version": _STATE_VERSION,
             "next_document_index": self._next_doc,
-            "buffer": list(self._buffer),
+            "inputs": list(self._inputs),
+            "labels": list(self._labels),
+            "owner": list(self._owner),
             "batches_served": self._batches_served,
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
@@ -117,7 +136,8 @@ class PackedBatcher:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state``; refuses a state made with another shape or tokenizer."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported batcher state version {state.get('version')!r}")
+            raise ValueError(f"unsupported batcher state version {state.get('version')!r} "
+                             f"(this batcher writes version {_STATE_VERSION})")
         for key, mine in (
             ("seq_len", self.seq_len),
             ("batch_size", self.batch_size),
@@ -126,11 +146,13 @@ class PackedBatcher:
             if state[key] != mine:
                 raise ValueError(f"batcher state has {key}={state[key]!r}, this batcher {mine!r}")
         self._next_doc = int(state["next_document_index"])
-        self._buffer = [int(t) for t in state["buffer"]]
+        self._inputs = [int(t) for t in state["inputs"]]
+        self._labels = [int(t) for t in state["labels"]]
+        self._owner = [int(t) for t in state["owner"]]
         self._batches_served = int(state["batches_served"])
         self._docs = None
         logger.debug(
-            "resumed batcher at document %d with %d buffered tokens",
+            "resumed batcher at document %d with %d buffered slots",
             self._next_doc,
-            len(self._buffer),
+            len(self._inputs),
         )

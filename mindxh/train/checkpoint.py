@@ -208,9 +208,14 @@ def _prune(ckpt_dir: Path, keep_last: int) -> None:
         logger.info("pruned checkpoint %s", path)
 
 
+def complete_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every complete checkpoint under ``root/checkpoints``, oldest first."""
+    return _complete_dirs(checkpoints_dir(root))
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     """Newest complete checkpoint under ``root/checkpoints``, or None."""
-    complete = _complete_dirs(checkpoints_dir(root))
+    complete = complete_checkpoints(root)
     return complete[-1][1] if complete else None
 
 

@@ -1,6 +1,9 @@
 """The pretraining loop: recipe in, checkpoints and metrics out.
 
-    tokenizer -> data stream -> model -> compiled train step -> log / eval / checkpoint
+    tokenizer -> batch source -> model -> compiled train step -> log / eval / checkpoint
+
+The batch source (mindxh/train/batches.py) is the embedded generator or prepared datasets;
+either way the step gets packed rows with per-document positions and attention.
 
 Everything that decides the numbers (weights, optimizer moments, step counter, data
 position) lives in checkpoints, so `--resume` after any crash, `kill -9` included,
@@ -17,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from mindxh.config import Recipe, recipe_to_yaml
-from mindxh.data.stream import PackedBatcher
-from mindxh.data.synthetic import document_source
+from mindxh.data.loader import DataError
 from mindxh.tokenizer import Tokenizer
 from mindxh.train import checkpoint as ckpt
-from mindxh.train import runtime
+from mindxh.train import runtime, warmstart
+from mindxh.train.batches import MODEL_INPUTS, SampleLog, heldout_batches, train_source
 from mindxh.train.metrics import MetricsLog, peak_rss_mb
 from mindxh.train.progress import Progress
 from mindxh.utils.flops import flops_per_token, mfu, resolve_peak
@@ -71,12 +74,6 @@ def _prepare_tokenizer(recipe: Recipe, output_dir: Path) -> Tokenizer:
              cfg.model_type, cfg.train_documents)
     texts = sample_texts(recipe.seed, "train", recipe.data.levels, cfg.train_documents)
     return train_from_texts(texts, output_dir / "tokenizer", cfg.vocab_size, cfg.model_type)
-
-
-def _batcher(recipe: Recipe, tok: Tokenizer, split: str) -> PackedBatcher:
-    t = recipe.train
-    rows = t.batch_size * recipe.parallel.data_parallel  # every rank packs the global batch
-    return PackedBatcher(document_source(recipe.seed, split, recipe.data.levels), tok, t.seq_len, rows)
 
 
 class Trainer:
@@ -133,7 +130,10 @@ class Trainer:
                                         f"needs {tuple(p.shape)}; the recipe's model differs from "
                                         "the checkpoint's")
                 p.set_data(ms.Tensor(saved))
-        self.batcher.load_state_dict(state.state["data"])
+        try:
+            self.source.load_state_dict(state.state["data"])
+        except ValueError as exc:  # DataError, or a batcher state of another shape
+            raise TrainingError(f"{path}/state.json: {exc}") from None
         ms.set_rng_state(ms.Tensor(np.asarray(state.state["rng"], np.uint8)))
         log.info("resumed from %s (step %d)", path, state.step)
         return state.step
@@ -147,42 +147,60 @@ class Trainer:
 
         model = {name: p.asnumpy() for name, p in self.model.parameters_and_names()}
         optim = {name: p.asnumpy() for name, p in self._optimizer_state_params()}
-        state = {"data": self.batcher.state_dict(),
+        state = {"data": self.source.state_dict(),
                  "rng": ms.get_rng_state().asnumpy().tolist(),
                  "seed": self.recipe.seed}
         return ckpt.save_checkpoint(self.out, step, model, optim, state, recipe_to_yaml(self.recipe),
                                     self.recipe.train.keep_last)
 
     # -- steps --------------------------------------------------------------
-    def _local_rows(self, batch: np.ndarray) -> np.ndarray:
-        b = self.recipe.train.batch_size
-        return batch[self.rank * b:(self.rank + 1) * b]
+    def _next_inputs(self, step: int) -> list:
+        """This rank's next micro-batch as the step cells' inputs (see batches.MODEL_INPUTS)."""
+        import mindspore as ms
 
-    def _one_step(self):
+        batch = self.source.next_batch()
+        self.samples.record(step, batch)
+        return [ms.Tensor(batch[name]) for name in MODEL_INPUTS]
+
+    def _one_step(self, step: int):
+        """Optimizer step number `step` (1-based): (loss, grad_norm, lr, ok)."""
         import mindspore as ms
 
         t = self.recipe.train
         if t.grad_accum == 1:
-            rows = ms.Tensor(self._local_rows(self.batcher.next_batch()))
-            loss, norm, lr, ok = self.step_cell(rows[:, :-1], rows[:, 1:])
+            loss, norm, lr, ok = self.step_cell(*self._next_inputs(step))
             return float(loss.asnumpy()), float(norm.asnumpy()), float(lr.asnumpy()), bool(ok.asnumpy())
         losses = []
         for _ in range(t.grad_accum):
-            rows = ms.Tensor(self._local_rows(self.batcher.next_batch()))
-            losses.append(float(self.accumulate(rows[:, :-1], rows[:, 1:]).asnumpy()))
+            losses.append(float(self.accumulate(*self._next_inputs(step)).asnumpy()))
         mean = float(np.mean(np.asarray(losses, np.float32)))
         norm, lr, ok = self.step_cell(ms.Tensor(mean, ms.float32))
         return mean, float(norm.asnumpy()), float(lr.asnumpy()), bool(ok.asnumpy())
 
     def evaluate(self) -> float | None:
-        """Mean loss on held-out problems (never in the training split)."""
+        """Mean loss on held-out rows: data.eval_dataset, or synthetic problems never trained on."""
         import mindspore as ms
 
         if not self._eval_batches:
             return None
-        losses = [float(self.loss_cell(ms.Tensor(b[:, :-1]), ms.Tensor(b[:, 1:])).asnumpy())
+        losses = [float(self.loss_cell(*[ms.Tensor(b[name]) for name in MODEL_INPUTS]).asnumpy())
                   for b in self._eval_batches]
         return float(np.mean(losses))
+
+    def _initial_weights(self, latest: Path | None, tok: Tokenizer) -> int:
+        """This run's newest checkpoint if any, else train.init_from's weights, else the seeded
+        init; returns the step to start from."""
+        init_from = self.recipe.train.init_from
+        if latest is not None:
+            if init_from:
+                log.info("train.init_from is not applied: resuming this run's own checkpoint")
+            return self._restore(latest)
+        if init_from:
+            try:
+                warmstart.load_weights(init_from, self.model.parameters_and_names(), tok.sha256)
+            except warmstart.InitFromError as exc:
+                raise TrainingError(str(exc)) from None
+        return 0
 
     # -- the loop -----------------------------------------------------------
     def _setup(self) -> int:
@@ -207,12 +225,17 @@ class Trainer:
                                 f"tokenizer's {tok.vocab_size}")
         if lead:
             (self.out / "recipe.yaml").write_text(recipe_to_yaml(r))
-        self.batcher = _batcher(r, tok, "train")
-        heldout = _batcher(r, tok, "heldout")
-        # every rank evaluates the whole global batch, so all report the same held-out loss
-        self._eval_batches = [heldout.next_batch() for _ in range(r.data.heldout_batches)]
+        try:  # data and init_from problems (missing, damaged, mismatched) surface before compute
+            if r.train.init_from and latest is None:
+                warmstart.resolve(r.train.init_from)
+            self.source = train_source(r, tok, self.rank)
+            # every rank evaluates the whole global batch, so all report the same held-out loss
+            self._eval_batches = heldout_batches(r, tok)
+        except (DataError, warmstart.InitFromError) as exc:
+            raise TrainingError(str(exc)) from None
         self._build()
-        step = self._restore(latest) if latest is not None else 0
+        step = self._initial_weights(latest, tok)
+        self.samples = SampleLog(self.out, self.rank, step if latest else None)
         # rank 0 alone owns metrics.jsonl: another rank opening it would truncate rank 0's records
         self.metrics = (MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
                         if lead else None)
@@ -242,7 +265,7 @@ class Trainer:
         try:
             while step < t.max_steps:
                 t0 = time.perf_counter()
-                loss, norm, lr, ok = self._one_step()
+                loss, norm, lr, ok = self._one_step(step + 1)
                 dt = time.perf_counter() - t0
                 if not ok or not math.isfinite(loss):
                     raise TrainingError(f"non-finite loss ({loss}) or gradient norm ({norm}) at step "

@@ -9,6 +9,8 @@ Only ops with CPU kernels in both PyNative and graph mode are used, in float32, 
 cell trains on a laptop and compiles on Ascend. Weights start from a seeded NumPy generator,
 which makes initialisation independent of the MindSpore mode and bitwise reproducible.
 Weight layout is [out, in] like Hugging Face and mindformers, for checkpoint interchange.
+Attention is split into `project` and `attend` so the key/value-cached decoder for
+generation (cache.py) runs these same cells with a cache in between.
 """
 from __future__ import annotations
 
@@ -88,8 +90,11 @@ class Attention(nn.Cell):
         self.q_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
         self.scale = 1.0 / math.sqrt(d)
+        self.matmul_qk = ops.BatchMatMul(transpose_b=True)  # no transposed copy of K (or the cache)
 
-    def construct(self, x, cos, sin, mask):
+    def project(self, x, cos, sin):
+        """q [B, KV, G*S, D] (the heads of a KV group folded into the query length), k and v
+        [B, KV, S, D], RoPE applied: split from `attend` so a key/value cache fits between."""
         b, s, _ = x.shape
         kv, g, d = self.num_kv_heads, self.group, self.head_dim
         q = self.wq(x).reshape(b, s, kv * g, d)
@@ -100,14 +105,25 @@ class Attention(nn.Cell):
             k = self.k_norm(k)
         q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin)  # [B, H, S, D]
         k = apply_rope(k.transpose(0, 2, 1, 3), cos, sin)  # [B, KV, S, D]
-        v = v.transpose(0, 2, 1, 3)
         # heads of one KV group share K/V: fold the group into the query length
-        q = q.reshape(b, kv, g * s, d)
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale  # [B, KV, G*S, S]
-        scores = scores.reshape(b, kv, g, s, s) + mask
-        probs = ops.softmax(scores, -1).reshape(b, kv, g * s, s)
+        return q.reshape(b, kv, g * s, d), k, v.transpose(0, 2, 1, 3)
+
+    def attend(self, q, k, v, mask):
+        """Queries [B, KV, G*S, D] over T keys/values [B, KV, T, D] (T = S when training, the
+        cache length when decoding); `mask` is additive, broadcast to [B, KV, G, S, T]."""
+        b, kv, gs, d = q.shape
+        t = k.shape[2]
+        g = self.group
+        s = gs // g
+        scores = self.matmul_qk(q, k) * self.scale  # [B, KV, G*S, T]
+        scores = scores.reshape(b, kv, g, s, t) + mask
+        probs = ops.softmax(scores, -1).reshape(b, kv, gs, t)
         out = ops.matmul(probs, v).reshape(b, kv * g, s, d)  # heads in q's order
         return self.wo(out.transpose(0, 2, 1, 3).reshape(b, s, kv * g * d))
+
+    def construct(self, x, cos, sin, mask):
+        q, k, v = self.project(x, cos, sin)
+        return self.attend(q, k, v, mask)
 
 
 class MLP(nn.Cell):
@@ -174,11 +190,15 @@ class Decoder(nn.Cell):
         x = ops.gather(self.embed, tokens, 0)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
+        return self.logits(x)
+
+    def logits(self, x):
+        """Final norm and output head: hidden states [..., H] -> logits [..., V]."""
         x = self.norm(x)
         if self.lm_head is not None:
             return self.lm_head(x)
-        b, _, h = x.shape
-        return self.matmul_t(x.reshape(b * s, h), self.embed).reshape(b, s, -1)
+        h = x.shape[-1]
+        return self.matmul_t(x.reshape(-1, h), self.embed).reshape(x.shape[:-1] + (-1,))
 
 
 class LossCell(nn.Cell):

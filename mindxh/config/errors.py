@@ -1,0 +1,16 @@
+"""The error a recipe section's `check()` raises; the loader adds the file and line."""
+from __future__ import annotations
+
+
+class InvalidValue(ValueError):
+    """A value that parsed but cannot work; `key` is relative to its section."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise InvalidValue(key, message)

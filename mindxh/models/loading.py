@@ -1,0 +1,98 @@
+"""A trained model back from disk, for generation and evaluation (no optimizer, no data).
+
+A checkpoint carries the resolved recipe it was trained with, so the model is rebuilt from
+exactly that text; the tokenizer is the recipe's `tokenizer.path`, else the run directory's
+`tokenizer.model` (the run trained it there).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from mindxh.config import Recipe, load_recipe
+from mindxh.train import checkpoint as ckpt
+from mindxh.train.checkpoint import CheckpointError
+
+__all__ = ["load_for_inference", "resolve_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory as given, or the newest complete one of a run directory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist (expected a run directory or a checkpoint "
+                              f"directory such as RUN/{ckpt.CHECKPOINTS_DIRNAME}/step-00000300)")
+    if not p.is_dir():
+        raise CheckpointError(f"{p} is a file; pass its checkpoint directory or the run directory")
+    if ckpt.checkpoints_dir(p).is_dir():
+        latest = ckpt.latest_checkpoint(p)
+        if latest is None:
+            raise CheckpointError(f"{ckpt.checkpoints_dir(p)} holds no complete checkpoint")
+        return latest
+    if (p / ckpt.MODEL_FILE).exists() or (p / ckpt.STATE_FILE).exists() or p.name.startswith("step-"):
+        return p  # load_checkpoint names whatever is missing
+    raise CheckpointError(f"{p} is neither a checkpoint directory (with {ckpt.MODEL_FILE}) nor a "
+                          f"run directory (with {ckpt.CHECKPOINTS_DIRNAME}/)")
+
+
+def _recipe_from_text(text: str, where: Path) -> Recipe:
+    """The loader reads files (errors then name file and line): give it the saved text as one."""
+    fd, tmp = tempfile.mkstemp(prefix="recipe-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return load_recipe(tmp)
+    except Exception as exc:  # a RecipeError names the temporary file: name the checkpoint instead
+        raise CheckpointError(f"{where}: its recipe cannot be loaded: "
+                              f"{str(exc).replace(tmp, str(where))}") from None
+    finally:
+        os.unlink(tmp)
+
+
+def _tokenizer_path(recipe: Recipe, checkpoint_dir: Path) -> Path:
+    """The recipe's tokenizer.path (relative to where training ran), else RUN/tokenizer.model."""
+    run_copy = checkpoint_dir.parent.parent / "tokenizer.model"  # RUN/checkpoints/step-N
+    candidates = [Path(recipe.tokenizer.path)] if recipe.tokenizer.path is not None else []
+    candidates.append(run_copy)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no tokenizer for checkpoint {checkpoint_dir}: looked for "
+                            f"{' and '.join(str(c) for c in candidates)}")
+
+
+def load_for_inference(path: str | Path):
+    """`(model, tokenizer, recipe, checkpoint_dir)` from a checkpoint or run directory.
+
+    The model is built in the current MindSpore mode, with the checkpoint's weights.
+    """
+    import mindspore as ms
+
+    from mindxh.models.llama.model import build_model
+    from mindxh.tokenizer import Tokenizer
+
+    checkpoint_dir = resolve_checkpoint(path)
+    state = ckpt.load_checkpoint(checkpoint_dir)
+    recipe = _recipe_from_text(state.recipe_text, checkpoint_dir / ckpt.RECIPE_FILE)
+    tok_path = _tokenizer_path(recipe, checkpoint_dir)
+    try:
+        tokenizer = Tokenizer.load(tok_path)
+    except ValueError as exc:
+        raise CheckpointError(f"tokenizer {tok_path}: {exc}") from None
+    if recipe.model.vocab_size is None:
+        recipe.model.vocab_size = tokenizer.vocab_size
+    model = build_model(recipe.model, recipe.seed)
+    for name, p in model.parameters_and_names():
+        saved = state.model.get(name)
+        if saved is None or saved.shape != tuple(p.shape):
+            found = "missing" if saved is None else f"of shape {saved.shape}"
+            raise CheckpointError(f"{checkpoint_dir / ckpt.MODEL_FILE}: tensor '{name}' is {found}; "
+                                  f"the recipe's model needs {tuple(p.shape)}")
+        p.set_data(ms.Tensor(saved))
+    model.set_train(False)
+    log.info("loaded %s (step %d)", checkpoint_dir, state.step)
+    return model, tokenizer, recipe, checkpoint_dir

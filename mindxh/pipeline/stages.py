@@ -1,0 +1,226 @@
+"""The stages of the tiny X1 pipeline, shaped like DeepSeek-R1's recipe.
+
+* tokenizer: SentencePiece on the pretraining corpus;
+* pretrain: next-token prediction on easy problems (`data.levels`);
+* sft: a *small* cold-start set of worked solutions at `sft.level`, prepared as packed
+  shards with loss on the answers only; the checkpoint kept is the first to reach
+  `sft.stop_at_accuracy` on validation problems (early stopping), else the best;
+* grpo: many more problems at the same level, with final answers only (no worked
+  solutions, so more SFT is impossible), learnt from rule-checked rewards;
+* controls: GRPO with rewards shuffled across the batch; more SFT epochs on the
+  cold-start set for GRPO's wall time;
+* eval: greedy accuracy on held-out problems for every model above;
+* export: the final policy as MindIR, reloaded and checked against the live model.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from pathlib import Path
+
+from mindxh.data.synthetic import iter_problems
+from mindxh.pipeline.runner import Context, PipelineError
+from mindxh.train import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+
+VALIDATION_STREAM = 104729  # validation problems: another held-out stream than the test set's
+
+
+def _tokenizer(ctx: Context):
+    from mindxh.tokenizer import Tokenizer
+
+    if not ctx.tokenizer_path.exists():
+        raise PipelineError(f"{ctx.tokenizer_path} is missing; run the tokenizer stage")
+    return Tokenizer.load(ctx.tokenizer_path)
+
+
+def _model_recipe(ctx: Context):
+    r = copy.deepcopy(ctx.recipe)
+    r.tokenizer.path = str(ctx.tokenizer_path)
+    r.model.vocab_size = _tokenizer(ctx).vocab_size
+    return r
+
+
+def validation_set(ctx: Context):
+    from mindxh.rl.grpo import validation_problems
+
+    r = ctx.recipe
+    return validation_problems(r.seed + VALIDATION_STREAM, r.sft.level, r.sft.eval_problems)
+
+
+def test_set(ctx: Context):
+    from mindxh.rl.grpo import validation_problems
+
+    r = ctx.recipe
+    return validation_problems(r.seed, r.sft.level, r.evaluation.problems)
+
+
+def accuracy_of(ctx: Context, checkpoint: Path, problems, records_path: Path | None = None) -> float:
+    """Greedy held-out accuracy of a checkpoint's model."""
+    from mindxh.eval.arith import greedy_accuracy
+    from mindxh.generate.generator import Generator
+    from mindxh.models.llama.model import build_model
+    from mindxh.rl.grpo import load_weights
+
+    r = _model_recipe(ctx)
+    model = build_model(r.model, r.seed)
+    load_weights(model, checkpoint)
+    gen = Generator(model, _tokenizer(ctx), r.evaluation.batch_size, r.sft.seq_len + 1)
+    acc, records = greedy_accuracy(gen, _tokenizer(ctx), problems, r.evaluation.max_new_tokens)
+    if records_path is not None:
+        with records_path.open("w") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+    return acc
+
+
+# -- stages ------------------------------------------------------------------
+def run_tokenizer(ctx: Context) -> dict:
+    from mindxh.train.trainer import prepare_tokenizer
+
+    tok = prepare_tokenizer(ctx.recipe, ctx.out)  # trains OUT/tokenizer.model on data.levels
+    return {"path": str(ctx.tokenizer_path), "vocab_size": tok.vocab_size, "sha256": tok.sha256}
+
+
+def _train(recipe, out: Path):
+    from mindxh.train.trainer import Trainer
+
+    return Trainer(recipe, out, resume=True, show_progress=False).run()
+
+
+def run_pretrain(ctx: Context) -> dict:
+    r = _model_recipe(ctx)
+    out = ctx.stage_dir("pretrain")
+    r.output_dir = str(out)
+    res = _train(r, out)
+    return {"checkpoint": str(ckpt.latest_checkpoint(out)), "steps": res.final_step,
+            "loss": res.final_loss, "eval_loss": res.eval_loss, "tokens_per_s": res.tokens_per_s}
+
+
+def cold_start_samples(ctx: Context) -> list[dict]:
+    """The worked solutions SFT may use: the first `sft.cold_start_examples` problems."""
+    r = ctx.recipe
+    it = iter_problems(r.seed, "train", [r.sft.level])
+    return [{"prompt": p.prompt(), "response": p.response()}
+            for _, p in (next(it) for _ in range(r.sft.cold_start_examples))]
+
+
+def _prepare_cold_start(ctx: Context, out: Path) -> Path:
+    from mindxh.data.prepare import prepare
+
+    jsonl = out / "cold_start.jsonl"
+    if not jsonl.exists():
+        tmp = jsonl.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(s) + "\n" for s in cold_start_samples(ctx)))
+        tmp.replace(jsonl)
+    data = out / "data"
+    prepare([str(jsonl)], str(data), str(ctx.tokenizer_path), kind="sft",
+            seq_len=ctx.recipe.sft.seq_len, workers=1)
+    return data
+
+
+def _sft_recipe(ctx: Context, data: Path, init_from: Path, out: Path, steps: int):
+    from mindxh.config.schema import DatasetConfig
+
+    s = ctx.recipe.sft
+    r = _model_recipe(ctx)
+    r.output_dir = str(out)
+    r.data.source = "prepared"
+    r.data.datasets = [DatasetConfig(path=str(data), weight=1.0)]
+    r.train.init_from = str(init_from)
+    r.train.seq_len, r.train.batch_size, r.train.grad_accum = s.seq_len, s.batch_size, 1
+    r.train.max_steps = steps
+    r.train.eval_every = 0
+    r.train.log_every = min(r.train.log_every, s.eval_every)
+    r.train.checkpoint_every = s.eval_every
+    r.train.keep_last = steps // s.eval_every + 2
+    r.optim.lr, r.optim.warmup_steps = s.lr, min(s.warmup_steps, steps)
+    return r
+
+
+def run_sft(ctx: Context) -> dict:
+    s = ctx.recipe.sft
+    out = ctx.stage_dir("sft")
+    data = _prepare_cold_start(ctx, out)
+    pretrained = Path(ctx.result("pretrain")["checkpoint"])
+    res = _train(_sft_recipe(ctx, data, pretrained, out, s.max_steps), out)
+    validation = validation_set(ctx)
+    curve, chosen = [], None
+    for step, path in ckpt.complete_checkpoints(out):
+        acc = accuracy_of(ctx, path, validation)
+        curve.append({"step": step, "val_accuracy": acc})
+        log.info("SFT step %d: validation accuracy %.1f%%", step, 100 * acc)
+        if s.stop_at_accuracy and acc >= s.stop_at_accuracy:
+            chosen = (step, path, acc)
+            break
+    if chosen is None:
+        best = max(curve, key=lambda c: c["val_accuracy"])
+        chosen = (best["step"], out / "checkpoints" / ckpt.step_dirname(best["step"]),
+                  best["val_accuracy"])
+    return {"checkpoint": str(chosen[1]), "step": chosen[0], "val_accuracy": chosen[2],
+            "curve": curve, "train_s": res.wall_s, "steps_run": res.final_step,
+            "step_s": res.wall_s / max(1, res.final_step), "data": str(data),
+            "examples": s.cold_start_examples}
+
+
+def _grpo(ctx: Context, name: str, shuffle: bool) -> dict:
+    from mindxh.rl.grpo import GRPOTrainer
+
+    r = _model_recipe(ctx)
+    r.grpo.shuffle_rewards = shuffle
+    out = ctx.stage_dir(name)
+    trainer = GRPOTrainer(r, _tokenizer(ctx), Path(ctx.result("sft")["checkpoint"]), out, resume=True)
+    res = trainer.run(validation_set(ctx))
+    return {"checkpoint": str(ckpt.latest_checkpoint(out)), "steps": res.steps,
+            "val_accuracy": res.accuracy, "train_s": res.wall_s, "metrics": str(out / "metrics.jsonl")}
+
+
+def run_grpo(ctx: Context) -> dict:
+    return _grpo(ctx, "grpo", shuffle=False)
+
+
+def run_controls(ctx: Context) -> dict:
+    p, results = ctx.recipe.pipeline, {}
+    if p.control_shuffled_rewards:
+        results["shuffled_rewards"] = _grpo(ctx, "control_shuffled", shuffle=True)
+    if p.control_more_sft:
+        sft, grpo = ctx.result("sft"), ctx.result("grpo")
+        steps = max(1, math.ceil(grpo["train_s"] / sft["step_s"]))
+        out = ctx.stage_dir("control_more_sft")
+        r = _sft_recipe(ctx, Path(sft["data"]), Path(sft["checkpoint"]), out, steps)
+        r.train.checkpoint_every, r.train.keep_last = steps, 1
+        r.optim.warmup_steps = 0
+        res = _train(r, out)
+        results["more_sft"] = {"checkpoint": str(ckpt.latest_checkpoint(out)), "steps": steps,
+                               "train_s": res.wall_s}
+    return results
+
+
+def run_eval(ctx: Context) -> dict:
+    problems = test_set(ctx)
+    out = ctx.stage_dir("eval")
+    models = {"sft": ctx.result("sft")["checkpoint"]}
+    if "grpo" in ctx.results:
+        models["grpo"] = ctx.result("grpo")["checkpoint"]
+    for name, res in ctx.results.get("controls", {}).items():
+        models[f"control_{name}"] = res["checkpoint"]
+    accuracy = {}
+    for name, path in models.items():
+        accuracy[name] = accuracy_of(ctx, Path(path), problems, out / f"{name}_samples.jsonl")
+        log.info("held-out accuracy of %s: %.1f%% (%d problems)", name, 100 * accuracy[name],
+                 len(problems))
+    return {"problems": len(problems), "accuracy": accuracy}
+
+
+def run_export(ctx: Context) -> dict:
+    from mindxh.export import export_mindir
+
+    if ctx.recipe.pipeline.export_format == "none":
+        return {"skipped": "pipeline.export_format is none"}
+    source = ctx.results.get("grpo") or ctx.result("sft")
+    out = ctx.stage_dir("export")
+    r = _model_recipe(ctx)
+    return export_mindir(r, Path(source["checkpoint"]), out / "model", ctx.recipe.sft.seq_len)

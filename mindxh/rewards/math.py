@@ -1,0 +1,189 @@
+"""Math answers: pull the final answer out of a solution, and grade it against a reference.
+
+Grading has two paths. The fast one, in this process, compares numbers exactly
+(`18` = `18.00` = `$18`). Everything else goes to math-verify, which handles LaTeX,
+fractions and expressions but relies on `signal.alarm` for its timeouts, so it runs in
+worker processes with a deadline per item (see `MathGrader`).
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Iterable
+
+from mindxh.rewards.pool import TimeoutPool
+
+__all__ = ["MathGrader", "extract_answer", "gsm8k_reference_answer", "normalize_number",
+           "numbers_equal"]
+
+# A number not glued to a word: 1,234.5  -3  .5  3/4.  The sign counts only when the
+# character before it is not a digit, letter or ')' (so `16-3` is 16 and 3, not -3).
+_NUM = re.compile(r"(?:(?<![\w.)])-)?(?<![\w.])(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?"
+                  r"|\.\d+)")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
+_HASHES = re.compile(r"####\s*([^\n]*)")
+_A_LINE = re.compile(r"^\s*A:\s*([^\n]*)", re.M)
+_ANSWER_IS = re.compile(r"answer\s*(?:(?:is|was|will be|would be)\s*[:=]?|[:=])\s*", re.I)
+# LaTeX that says nothing about the value: \$, \%, thin spaces, \text{units}, \left/\right.
+_LATEX_NOISE = re.compile(r"\\[$%,;!]|\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}|\\(?:left|right)\b")
+_LATEX_CMD = re.compile(r"\\[a-zA-Z]+")
+_OPERATORS = tuple("^*/+-×÷·")
+
+
+def normalize_number(text: str) -> str | None:
+    """`'1,234.50'` -> `'1234.5'`, `'-3'` -> `'-3'`, `'6/4'` -> `'3/2'`; None if not a number."""
+    s = text.strip().replace(",", "")
+    try:
+        value = Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+    if value.denominator == 1:
+        return str(value.numerator)
+    if "/" in s:
+        return f"{value.numerator}/{value.denominator}"
+    whole, _, frac = s.partition(".")
+    whole = whole + "0" if whole in ("", "-", "+") else whole
+    return f"{whole.lstrip('+')}.{frac.rstrip('0')}"
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    """Exact equality of two number strings (`'18'` == `'18.0'`); False if either is not one."""
+    if a is None or b is None:
+        return False
+    try:
+        return Fraction(a.replace(",", "")) == Fraction(b.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return False
+
+
+def _balanced(text: str, open_at: int) -> str | None:
+    """The text inside the braces that open at `open_at`, or None if they never close."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1:i]
+    return None
+
+
+def _last_boxed(text: str) -> str | None:
+    for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*\{", text))):
+        inner = _balanced(text, m.end() - 1)
+        if inner is not None:
+            return inner
+    return None
+
+
+def _from_region(region: str) -> str | None:
+    """What a marker points at: its first number (`18 dollars`), or an expression as written."""
+    s = _LATEX_NOISE.sub(" ", region).replace("$", " ").strip().rstrip(".").strip()
+    if not s:
+        return None
+    s = s.rsplit("=", 1)[-1].strip() or s  # `5 + 3 = 8` answers 8
+    m = _NUM.search(s)
+    if _LATEX_CMD.search(s) or (m and s[m.end():].lstrip()[:1] in _OPERATORS):
+        return s  # an expression (`\\frac{1}{2}`, `2^{10}`): math-verify's job
+    return normalize_number(m.group(0)) if m else s
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a solution, normalised if it is a number; None if there is none.
+
+    Markers, strongest first (the last occurrence of each wins): `<answer>...</answer>`,
+    `\\boxed{...}`, `#### X`, a line `A: X`, `the answer is X`; then the last number.
+    """
+    if not text:
+        return None
+    tags = _ANSWER_TAG.findall(text)
+    if tags:
+        return _from_region(tags[-1])
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return _from_region(boxed)
+    for pattern in (_HASHES, _A_LINE):
+        found = pattern.findall(text)
+        answer = _from_region(found[-1]) if found else None
+        if answer is not None:
+            return answer
+    said = list(_ANSWER_IS.finditer(text))
+    if said:
+        answer = _from_region(text[said[-1].end():].split("\n", 1)[0])
+        if answer is not None:
+            return answer
+    numbers = _NUM.findall(text)
+    return normalize_number(numbers[-1]) if numbers else None
+
+
+def gsm8k_reference_answer(answer_text: str) -> str | None:
+    """The number after `####` (GSM8K test.jsonl) or `A:` (the example solutions' ground truth)."""
+    for pattern in (_HASHES, _A_LINE):
+        found = pattern.findall(answer_text)
+        if found:
+            m = _NUM.search(found[-1].replace("$", " "))
+            return normalize_number(m.group(0)) if m else None
+    return normalize_number(answer_text)
+
+
+def _import_math_verify() -> None:
+    import math_verify  # noqa: F401  (sympy and ANTLR take a while to load)
+
+
+def _as_latex(answer: str) -> str:
+    """An answer as math-verify reads LaTeX: without `$...$`, `2^{10}` would parse as 2."""
+    return answer if "$" in answer or "\\boxed" in answer else f"${answer}$"
+
+
+def _verify(pair: tuple[str, str]) -> bool:
+    """math-verify on (reference, prediction), both ready to parse; runs in a pool worker."""
+    from math_verify import parse, verify
+
+    gold, pred = parse(pair[0]), parse(pair[1])
+    return bool(gold and pred and verify(gold, pred))
+
+
+class MathGrader:
+    """Grades responses against reference answers; math-verify in `workers` processes.
+
+    Use as a context manager (or call `close()`) so the workers stop. A response whose
+    check runs past `timeout_s` scores False and the pool carries on.
+    """
+
+    def __init__(self, workers: int = 2, timeout_s: float = 10.0):
+        self._pool = TimeoutPool(_verify, workers=workers, timeout_s=timeout_s, default=False,
+                                 init=_import_math_verify)
+
+    def grade(self, reference: str, response: str) -> bool:
+        """Whether `response` reaches the reference answer (a number or LaTeX, not a solution)."""
+        return self.grade_many([(reference, response)])[0]
+
+    def grade_many(self, pairs: Iterable[tuple[str, str]]) -> list[bool]:
+        pairs = list(pairs)
+        results: list[bool] = [False] * len(pairs)
+        slow: list[tuple[int, tuple[str, str]]] = []
+        for i, (reference, response) in enumerate(pairs):
+            predicted = extract_answer(response)
+            if numbers_equal(normalize_number(reference), predicted):
+                results[i] = True
+            elif reference.strip():  # no extracted answer: math-verify searches the whole text
+                pred = _as_latex(predicted) if predicted is not None else response
+                slow.append((i, (_as_latex(reference.strip()), pred)))
+        for (i, _), ok in zip(slow, self._pool.map(pair for _, pair in slow)):
+            results[i] = bool(ok)
+        return results
+
+    @property
+    def timeouts(self) -> int:
+        """Items that ran out of time so far (each scored False)."""
+        return self._pool.timeouts
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> "MathGrader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

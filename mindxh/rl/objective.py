@@ -1,0 +1,77 @@
+"""The GRPO objective as compiled cells.
+
+Per response token t of sample i (Shao et al. 2024, DeepSeekMath section 4.1):
+
+    ratio  = exp(logp - logp_old)
+    pg     = -min(ratio * A_i, clip(ratio, 1 - eps, 1 + eps) * A_i)
+    kl     = exp(logp_ref - logp) - (logp_ref - logp) - 1        (k3, Schulman 2020)
+    loss   = sum_t mask * (pg + beta * kl) / sum_t mask          (token-level mean, as DAPO)
+
+The token-level mean weighs every generated token equally, so long responses are not
+down-weighted per token (the sample-level mean of the original GRPO is biased towards
+short answers, Yu et al. 2025). With one optimisation pass per batch the ratio is 1 and
+the loss is REINFORCE with the group mean as baseline; clipping matters from two passes on.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from mindxh.train.optim import AdamW
+
+__all__ = ["GRPOLoss", "GRPOStep", "TokenLogProbs"]
+
+
+class TokenLogProbs(nn.Cell):
+    """(input_ids [N, T], targets [N, T]) -> log p(target | prefix) [N, T]; targets < 0 read id 0."""
+
+    def __init__(self, model: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.model = model
+
+    def construct(self, input_ids, targets):
+        logits = self.model(input_ids)
+        logp = ops.log_softmax(logits, -1)
+        safe = ops.maximum(targets, 0).expand_dims(-1)
+        return ops.gather_elements(logp, -1, safe).squeeze(-1)
+
+
+class GRPOLoss(nn.Cell):
+    """-> (loss, kl, clip_fraction); only `loss` carries gradients."""
+
+    def __init__(self, model: nn.Cell, clip_eps: float, kl_beta: float):
+        super().__init__(auto_prefix=False)
+        self.logprobs = TokenLogProbs(model)
+        self.low, self.high = 1.0 - clip_eps, 1.0 + clip_eps
+        self.kl_beta = kl_beta
+
+    def construct(self, input_ids, targets, mask, advantages, old_logp, ref_logp):
+        logp = self.logprobs(input_ids, targets)
+        ratio = ops.exp(logp - old_logp)
+        adv = advantages.expand_dims(-1)
+        pg = -ops.minimum(ratio * adv, ops.clip_by_value(ratio, self.low, self.high) * adv)
+        delta = ref_logp - logp
+        kl = ops.exp(delta) - delta - 1.0
+        per_token = pg + self.kl_beta * kl if self.kl_beta > 0 else pg
+        denom = ops.maximum(mask.sum(), 1.0)
+        loss = (per_token * mask).sum() / denom
+        kl_mean = ops.stop_gradient((kl * mask).sum() / denom)
+        clipped = ops.logical_or(ratio < self.low, ratio > self.high).astype(ms.float32)
+        clip_fraction = ops.stop_gradient((clipped * mask).sum() / denom)
+        return loss, kl_mean, clip_fraction
+
+
+class GRPOStep(nn.Cell):
+    """One policy update: (batch...) -> (loss, kl, clip_fraction, grad_norm, lr, ok)."""
+
+    def __init__(self, loss_cell: GRPOLoss, optimizer: AdamW):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.optimizer = optimizer
+        self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params, has_aux=True)
+
+    def construct(self, input_ids, targets, mask, advantages, old_logp, ref_logp):
+        (loss, kl, clip_fraction), grads = self.grad_fn(input_ids, targets, mask, advantages,
+                                                        old_logp, ref_logp)
+        grad_norm, lr, ok = self.optimizer(grads, loss)
+        return loss, kl, clip_fraction, grad_norm, lr, ok
