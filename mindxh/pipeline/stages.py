@@ -196,7 +196,7 @@ def run_controls(ctx: Context) -> dict:
         res = _train(r, out)
         results["more_sft"] = {"checkpoint": str(ckpt.latest_checkpoint(out)), "steps": steps,
                                "train_s": res.wall_s}
-    return results
+    return {"runs": results}
 
 
 def run_eval(ctx: Context) -> dict:
@@ -205,7 +205,7 @@ def run_eval(ctx: Context) -> dict:
     models = {"sft": ctx.result("sft")["checkpoint"]}
     if "grpo" in ctx.results:
         models["grpo"] = ctx.result("grpo")["checkpoint"]
-    for name, res in ctx.results.get("controls", {}).items():
+    for name, res in ctx.results.get("controls", {}).get("runs", {}).items():
         models[f"control_{name}"] = res["checkpoint"]
     accuracy = {}
     for name, path in models.items():

@@ -1,0 +1,77 @@
+"""The tiny X1 pipeline end to end at toy size: every stage, the report, resume by stage."""
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+TOY = [
+    "tokenizer.train_documents=400", "train.max_steps=4", "train.log_every=2",
+    "train.checkpoint_every=4", "sft.cold_start_examples=40", "sft.max_steps=4",
+    "sft.batch_size=8", "sft.eval_every=2", "sft.eval_problems=8", "sft.stop_at_accuracy=0",
+    "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=16",
+    "grpo.eval_every=1", "grpo.checkpoint_every=1", "evaluation.problems=8",
+    "evaluation.batch_size=8", "evaluation.max_new_tokens=16",
+    "pipeline.control_shuffled_rewards=true", "pipeline.control_more_sft=true",
+]
+
+
+def _sets(pairs):
+    out = []
+    for p in pairs:
+        out += ["--set", p]
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("x1") / "run"
+    proc = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(out),
+                   *_sets(TOY), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_every_stage_runs_and_the_report_has_the_figures(toy_run):
+    out, proc = toy_run
+    report = json.loads((out / "report.json").read_text())
+    for key in ("sft_accuracy", "grpo_accuracy", "gain_points", "stage_wall_s", "controls"):
+        assert key in report
+    assert 0.0 <= report["sft_accuracy"] <= 1.0 and 0.0 <= report["grpo_accuracy"] <= 1.0
+    assert set(report["stage_wall_s"]) == {"tokenizer", "pretrain", "sft", "grpo", "controls",
+                                           "eval", "export"}
+    assert set(report["controls"]) == {"shuffled_rewards", "more_sft"}
+    md = (out / "report.md").read_text()
+    assert "held-out accuracy" in md and "grpo.png" in md
+    assert (out / "grpo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(report["export"]["file"]).stat().st_size > 0
+    assert report["export"]["max_abs_diff"] <= 1e-4
+    grpo = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("reward_mean", "reward_std", "accuracy", "response_len"):
+        assert key in grpo[-1]
+    samples = (out / "eval" / "grpo_samples.jsonl").read_text().splitlines()
+    assert len(samples) == 8 and "correct" in json.loads(samples[0])
+    assert "held-out accuracy: SFT" in proc.stdout
+
+
+def test_a_rerun_skips_finished_stages_and_restart_redoes_them(toy_run):
+    out, _ = toy_run
+    before = json.loads((out / "report.json").read_text())
+    again = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(out),
+                    *_sets(TOY), timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("already done") == 7
+    assert json.loads((out / "report.json").read_text())["stage_wall_s"] == before["stage_wall_s"]
+    redo = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(out),
+                   *_sets(TOY), "--restart-from", "export", timeout=300)
+    assert redo.returncode == 0, redo.stderr[-2000:]
+    assert redo.stderr.count("already done") == 6 and "stage export: done" in redo.stderr
+
+
+def test_a_different_recipe_in_the_same_directory_is_refused(toy_run):
+    out, _ = toy_run
+    proc = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(out),
+                   *_sets(TOY + ["grpo.lr=1e-4"]), timeout=120)
+    assert proc.returncode == 2
+    assert "different recipe" in proc.stderr
