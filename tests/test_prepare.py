@@ -272,7 +272,7 @@ def test_parquet_inputs_match_jsonl(tmp_path, tok_path, texts):
     write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in docs])
     mp = prepare([tmp_path / "p.parquet"], tmp_path / "pq", tok_path, seq_len=64, workers=0)
     mj = prepare([tmp_path / "p.jsonl"], tmp_path / "js", tok_path, seq_len=64, workers=0)
-    assert shard_bytes(tmp_path / "pq") == shard_bytes(tmp_path / "js")
+    assert shard_bytes(tmp_path / "pq") == shard_bytes(tmp_path / "js") and mp["documents"] == mj["documents"] == 100
     assert mp["sources"][0]["skipped_lines"] == {"missing_field": [51]}
 
     pairs = [t.partition("\n") for t in docs[:40]]

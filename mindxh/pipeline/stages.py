@@ -58,23 +58,31 @@ def test_set(ctx: Context):
     return validation_problems(r.seed, r.sft.level, r.evaluation.problems)
 
 
-def accuracy_of(ctx: Context, checkpoint: Path, problems, records_path: Path | None = None) -> float:
-    """Greedy held-out accuracy of a checkpoint's model."""
-    from mindxh.eval.arith import greedy_accuracy
-    from mindxh.generate.generator import Generator
-    from mindxh.models.llama.model import build_model
-    from mindxh.rl.grpo import load_weights
+class Evaluator:
+    """Greedy held-out accuracy of checkpoints; one model and one compiled generator, reused
+    for every checkpoint (loading weights does not recompile)."""
 
-    r = _model_recipe(ctx)
-    model = build_model(r.model, r.seed)
-    load_weights(model, checkpoint)
-    gen = Generator(model, _tokenizer(ctx), r.evaluation.batch_size, r.sft.seq_len + 1)
-    acc, records = greedy_accuracy(gen, _tokenizer(ctx), problems, r.evaluation.max_new_tokens)
-    if records_path is not None:
-        with records_path.open("w") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-    return acc
+    def __init__(self, ctx: Context):
+        from mindxh.generate.generator import Generator
+        from mindxh.models.llama.model import build_model
+
+        r = _model_recipe(ctx)
+        self.tok = _tokenizer(ctx)
+        self.model = build_model(r.model, r.seed)
+        self.max_new_tokens = r.evaluation.max_new_tokens
+        self.generator = Generator(self.model, self.tok, r.evaluation.batch_size, r.sft.seq_len + 1)
+
+    def accuracy(self, checkpoint: Path, problems, records_path: Path | None = None) -> float:
+        from mindxh.eval.arith import greedy_accuracy
+        from mindxh.rl.grpo import load_weights
+
+        load_weights(self.model, checkpoint)
+        acc, records = greedy_accuracy(self.generator, self.tok, problems, self.max_new_tokens)
+        if records_path is not None:
+            with records_path.open("w") as f:
+                for rec in records:
+                    f.write(json.dumps(rec) + "\n")
+        return acc
 
 
 # -- stages ------------------------------------------------------------------
@@ -147,10 +155,10 @@ def run_sft(ctx: Context) -> dict:
     data = _prepare_cold_start(ctx, out)
     pretrained = Path(ctx.result("pretrain")["checkpoint"])
     res = _train(_sft_recipe(ctx, data, pretrained, out, s.max_steps), out)
-    validation = validation_set(ctx)
+    validation, evaluator = validation_set(ctx), Evaluator(ctx)
     curve, chosen = [], None
     for step, path in ckpt.complete_checkpoints(out):
-        acc = accuracy_of(ctx, path, validation)
+        acc = evaluator.accuracy(path, validation)
         curve.append({"step": step, "val_accuracy": acc})
         log.info("SFT step %d: validation accuracy %.1f%%", step, 100 * acc)
         if s.stop_at_accuracy and acc >= s.stop_at_accuracy:
@@ -207,9 +215,9 @@ def run_eval(ctx: Context) -> dict:
         models["grpo"] = ctx.result("grpo")["checkpoint"]
     for name, res in ctx.results.get("controls", {}).get("runs", {}).items():
         models[f"control_{name}"] = res["checkpoint"]
-    accuracy = {}
+    accuracy, evaluator = {}, Evaluator(ctx)
     for name, path in models.items():
-        accuracy[name] = accuracy_of(ctx, Path(path), problems, out / f"{name}_samples.jsonl")
+        accuracy[name] = evaluator.accuracy(Path(path), problems, out / f"{name}_samples.jsonl")
         log.info("held-out accuracy of %s: %.1f%% (%d problems)", name, 100 * accuracy[name],
                  len(problems))
     return {"problems": len(problems), "accuracy": accuracy}
