@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from conftest import REPO, run_cli
 
 TOY = [
     "tokenizer.train_documents=400", "train.max_steps=4", "train.log_every=2",
