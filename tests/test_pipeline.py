@@ -75,3 +75,39 @@ def test_a_different_recipe_in_the_same_directory_is_refused(toy_run):
                    *_sets(TOY + ["grpo.lr=1e-4"]), timeout=120)
     assert proc.returncode == 2
     assert "different recipe" in proc.stderr
+
+
+def test_grpo_resumed_from_its_checkpoint_matches_an_uninterrupted_run(toy_run, tmp_path):
+    import copy
+
+    import mindspore as ms
+    import numpy as np
+
+    from mindxh.config import load_recipe
+    from mindxh.rl.grpo import GRPOTrainer, validation_problems
+    from mindxh.tokenizer import Tokenizer
+    from mindxh.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    out, _ = toy_run
+    ms.set_context(mode=ms.GRAPH_MODE)
+    recipe = load_recipe(out / "recipe.yaml")
+    recipe.tokenizer.path = str(out / "tokenizer.model")
+    tok = Tokenizer.load(recipe.tokenizer.path)
+    recipe.model.vocab_size = tok.vocab_size
+    sft = json.loads((out / "stages" / "sft.json").read_text())["checkpoint"]
+    val = validation_problems(1, recipe.sft.level, 2)
+
+    def run(steps, where, resume=False):
+        r = copy.deepcopy(recipe)
+        r.grpo.steps, r.grpo.checkpoint_every, r.grpo.eval_every = steps, 1, 0
+        GRPOTrainer(r, tok, Path(sft), where, resume=resume).run(val)
+        return load_checkpoint(latest_checkpoint(where))
+
+    whole = run(3, tmp_path / "whole")
+    run(2, tmp_path / "split")
+    resumed = run(3, tmp_path / "split", resume=True)
+    assert resumed.step == whole.step == 3
+    for name, value in whole.model.items():
+        assert np.array_equal(value, resumed.model[name]), name
+    for name, value in whole.optimizer.items():
+        assert np.array_equal(value, resumed.optimizer[name]), name

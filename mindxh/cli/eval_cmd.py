@@ -51,7 +51,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.checkpoint is not None:
         from mindxh.eval.runner import run_eval
 
-        return run_eval(args)
+        print(run_eval(args))
+        return 0
     if args.task != "humaneval":
         hint = ("use `mindxh grade gsm8k FILE` for existing answers" if args.task == "gsm8k"
                 else "arith problems are generated; use --checkpoint")

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from mindxh.data import shards
 from mindxh.data.readers import PrepareError
+from mindxh.utils.fsio import fsync_path as _fsync_dir
 
 __all__ = ["FAULT_ENV", "PARTIAL_PREFIX", "finish", "locked", "maybe_fault",
            "new_partial", "recover", "stray_shards"]
@@ -112,10 +113,3 @@ def finish(directory: Path, partial: Path, manifest: dict[str, Any]) -> None:
     _fsync_dir(directory)
     shutil.rmtree(partial)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -20,6 +20,7 @@ import numpy as np
 
 from mindxh.data import shards
 from mindxh.data.packing import IGNORE
+from mindxh.utils.fsio import fsync_path as _fsync
 
 __all__ = ["HEADER_BYTES", "ShardWriter", "default_rows_per_shard"]
 
@@ -145,10 +146,3 @@ def _page_bytes(seq_len: int) -> int:
     need = 2 * (12 * seq_len + 64)
     return min(max(_PAGE_BYTES, 1 << (need - 1).bit_length()), 256 << 20)
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -110,7 +110,8 @@ def _humaneval(args, model, tok, recipe) -> tuple[list[dict], str]:
 TASKS = {"arith": _arith, "gsm8k": _gsm8k, "humaneval": _humaneval}
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace) -> str:
+    """Generate and score; returns the summary line the command prints."""
     import mindspore as ms
 
     from mindxh.models.loading import load_for_inference
@@ -120,5 +121,4 @@ def run_eval(args: argparse.Namespace) -> int:
     records, summary = TASKS[args.task](args, model, tok, recipe)
     out = Path(args.out or f"{checkpoint}/eval_{args.task}.jsonl")
     _write(out, records)
-    print(f"{summary} | checkpoint {checkpoint} | samples in {out}")
-    return 0
+    return f"{summary} | checkpoint {checkpoint} | samples in {out}"

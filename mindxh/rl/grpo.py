@@ -93,13 +93,9 @@ class GRPOTrainer:
                                    self.row_len + 1)
 
     # -- checkpoints --------------------------------------------------------
-    def _optimizer_state(self):
-        return [(p.name, p) for p in self.optimizer.get_parameters()
-                if p.name.startswith(("exp_avg", "step"))]
-
     def _save(self, step: int) -> None:
         model = {n: p.asnumpy() for n, p in self.model.parameters_and_names()}
-        optim = {n: p.asnumpy() for n, p in self._optimizer_state()}
+        optim = {n: p.asnumpy() for n, p in self.optimizer.state_parameters()}
         state = {"problem_index": self._next_index, "init_from": str(self.init_from)}
         ckpt.save_checkpoint(self.out, step, model, optim, state, recipe_to_yaml(self.r), keep_last=2)
 
@@ -108,7 +104,7 @@ class GRPOTrainer:
 
         state = ckpt.load_checkpoint(path)
         load_weights(self.model, path)
-        for name, p in self._optimizer_state():
+        for name, p in self.optimizer.state_parameters():
             p.set_data(ms.Tensor(state.optimizer[name]))
         self._next_index = int(state.state["problem_index"])
         log.info("GRPO resumed from %s (step %d)", path, state.step)

@@ -36,6 +36,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from mindxh.utils.fsio import fsync_path as _fsync_path
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "mindxh-1"
@@ -77,14 +79,6 @@ def checkpoints_dir(root: str | Path) -> Path:
     """``root/checkpoints``: root is the run's OUTPUT_DIR."""
     return Path(root) / CHECKPOINTS_DIRNAME
 
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or directory so its contents/entries survive power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_text(path: Path, text: str) -> None:

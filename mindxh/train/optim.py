@@ -46,6 +46,10 @@ class AdamW(nn.Cell):
         self.max_steps = max_steps
         self.pi = math.pi
 
+    def state_parameters(self) -> list[tuple[str, Parameter]]:
+        """(name, parameter) of everything a checkpoint must hold to resume: moments and step."""
+        return [(p.name, p) for p in self.get_parameters() if p.name.startswith(("exp_avg", "step"))]
+
     def schedule(self, step):
         cfg = self.cfg
         s = step.astype(ms.float32)

@@ -121,7 +121,7 @@ class Trainer:
         if state.recipe_text != recipe_to_yaml(self.recipe):
             log.warning("resuming with a recipe that differs from the checkpoint's (%s/recipe.yaml)", path)
         for tensors, params, file in ((state.model, self.model.parameters_and_names(), "model"),
-                                      (state.optimizer, self._optimizer_state_params(), "optimizer")):
+                                      (state.optimizer, self.optimizer.state_parameters(), "optimizer")):
             for name, p in params:
                 saved = tensors.get(name)
                 if saved is None or saved.shape != tuple(p.shape):
@@ -138,15 +138,11 @@ class Trainer:
         log.info("resumed from %s (step %d)", path, state.step)
         return state.step
 
-    def _optimizer_state_params(self):
-        return [(p.name, p) for p in self.optimizer.get_parameters()
-                if p.name.startswith(("exp_avg", "step"))]
-
     def _save(self, step: int) -> Path:
         import mindspore as ms
 
         model = {name: p.asnumpy() for name, p in self.model.parameters_and_names()}
-        optim = {name: p.asnumpy() for name, p in self._optimizer_state_params()}
+        optim = {name: p.asnumpy() for name, p in self.optimizer.state_parameters()}
         state = {"data": self.source.state_dict(),
                  "rng": ms.get_rng_state().asnumpy().tolist(),
                  "seed": self.recipe.seed}
