@@ -21,10 +21,10 @@ def export_mindir(recipe, checkpoint: Path, prefix: Path, seq_len: int,
     from mindspore import nn
 
     from mindxh.models.llama.model import build_model
-    from mindxh.rl.grpo import load_weights
+    from mindxh.train.checkpoint import load_model_weights
 
     model = build_model(recipe.model, recipe.seed)
-    load_weights(model, checkpoint)
+    load_model_weights(model, checkpoint)
     model.set_train(False)
     spec = ms.Tensor(shape=[None, seq_len], dtype=ms.int32)
     ms.export(model, spec, file_name=str(prefix), file_format="MINDIR")

@@ -70,8 +70,6 @@ def load_for_inference(path: str | Path):
 
     The model is built in the current MindSpore mode, with the checkpoint's weights.
     """
-    import mindspore as ms
-
     from mindxh.models.llama.model import build_model
     from mindxh.tokenizer import Tokenizer
 
@@ -86,13 +84,7 @@ def load_for_inference(path: str | Path):
     if recipe.model.vocab_size is None:
         recipe.model.vocab_size = tokenizer.vocab_size
     model = build_model(recipe.model, recipe.seed)
-    for name, p in model.parameters_and_names():
-        saved = state.model.get(name)
-        if saved is None or saved.shape != tuple(p.shape):
-            found = "missing" if saved is None else f"of shape {saved.shape}"
-            raise CheckpointError(f"{checkpoint_dir / ckpt.MODEL_FILE}: tensor '{name}' is {found}; "
-                                  f"the recipe's model needs {tuple(p.shape)}")
-        p.set_data(ms.Tensor(saved))
+    ckpt.assign_tensors(state.model, model.parameters_and_names(), checkpoint_dir / ckpt.MODEL_FILE)
     model.set_train(False)
     log.info("loaded %s (step %d)", checkpoint_dir, state.step)
     return model, tokenizer, recipe, checkpoint_dir

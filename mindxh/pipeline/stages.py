@@ -74,9 +74,9 @@ class Evaluator:
 
     def accuracy(self, checkpoint: Path, problems, records_path: Path | None = None) -> float:
         from mindxh.eval.arith import greedy_accuracy
-        from mindxh.rl.grpo import load_weights
+        from mindxh.train.checkpoint import load_model_weights
 
-        load_weights(self.model, checkpoint)
+        load_model_weights(self.model, checkpoint)
         acc, records = greedy_accuracy(self.generator, self.tok, problems, self.max_new_tokens)
         if records_path is not None:
             with records_path.open("w") as f:

@@ -37,20 +37,6 @@ class GRPOResult:
     wall_s: float
 
 
-def load_weights(model, path: Path) -> None:
-    """Copy a checkpoint's model tensors into `model` (shapes must match)."""
-    import mindspore as ms
-
-    tensors = ckpt.load_checkpoint(path).model
-    for name, p in model.parameters_and_names():
-        saved = tensors.get(name)
-        if saved is None or saved.shape != tuple(p.shape):
-            raise ValueError(f"{path}: tensor '{name}' is "
-                             f"{'missing' if saved is None else saved.shape}, the model needs "
-                             f"{tuple(p.shape)}")
-        p.set_data(ms.Tensor(saved))
-
-
 def validation_problems(seed: int, level: int, n: int) -> list[Problem]:
     """Held-out problems (split by question hash, so never in any training stream)."""
     it = iter_problems(seed, "heldout", [level])
@@ -75,11 +61,11 @@ class GRPOTrainer:
 
         r, g = self.r, self.g
         self.model = build_model(r.model, r.seed)
-        load_weights(self.model, self.init_from)
+        ckpt.load_model_weights(self.model, self.init_from)
         self.ref_logprobs = None
         if g.kl_beta > 0:
             ref = build_model(r.model, r.seed)
-            load_weights(ref, self.init_from)
+            ckpt.load_model_weights(ref, self.init_from)
             ref.set_grad(False)
             for p in ref.get_parameters():
                 p.requires_grad = False
@@ -100,12 +86,10 @@ class GRPOTrainer:
         ckpt.save_checkpoint(self.out, step, model, optim, state, recipe_to_yaml(self.r), keep_last=2)
 
     def _restore(self, path: Path) -> int:
-        import mindspore as ms
-
         state = ckpt.load_checkpoint(path)
-        load_weights(self.model, path)
-        for name, p in self.optimizer.state_parameters():
-            p.set_data(ms.Tensor(state.optimizer[name]))
+        ckpt.assign_tensors(state.model, self.model.parameters_and_names(), path / ckpt.MODEL_FILE)
+        ckpt.assign_tensors(state.optimizer, self.optimizer.state_parameters(),
+                            path / ckpt.OPTIMIZER_FILE)
         self._next_index = int(state.state["problem_index"])
         log.info("GRPO resumed from %s (step %d)", path, state.step)
         return state.step

@@ -202,6 +202,26 @@ def _prune(ckpt_dir: Path, keep_last: int) -> None:
         logger.info("pruned checkpoint %s", path)
 
 
+def assign_tensors(tensors: dict[str, np.ndarray], params, where: str | Path) -> None:
+    """Copy saved tensors into `params` ((name, Parameter) pairs); a tensor that is missing
+    or has another shape is a CheckpointError naming it and `where` it was read from."""
+    import mindspore as ms
+
+    for name, param in params:
+        saved = tensors.get(name)
+        if saved is None or saved.shape != tuple(param.shape):
+            found = "missing" if saved is None else f"of shape {saved.shape}"
+            raise CheckpointError(f"{where}: tensor '{name}' is {found}; the model needs "
+                                  f"{tuple(param.shape)}")
+        param.set_data(ms.Tensor(saved))
+
+
+def load_model_weights(model, path: str | Path) -> None:
+    """Set a model's parameters from the checkpoint directory `path` (model tensors only)."""
+    assign_tensors(load_checkpoint(path).model, model.parameters_and_names(),
+                   Path(path) / MODEL_FILE)
+
+
 def complete_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
     """(step, directory) of every complete checkpoint under ``root/checkpoints``, oldest first."""
     return _complete_dirs(checkpoints_dir(root))

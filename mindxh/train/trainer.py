@@ -120,16 +120,12 @@ class Trainer:
         state = ckpt.load_checkpoint(path)
         if state.recipe_text != recipe_to_yaml(self.recipe):
             log.warning("resuming with a recipe that differs from the checkpoint's (%s/recipe.yaml)", path)
-        for tensors, params, file in ((state.model, self.model.parameters_and_names(), "model"),
-                                      (state.optimizer, self.optimizer.state_parameters(), "optimizer")):
-            for name, p in params:
-                saved = tensors.get(name)
-                if saved is None or saved.shape != tuple(p.shape):
-                    found = "missing" if saved is None else f"shape {saved.shape}"
-                    raise TrainingError(f"{path}/{file}.safetensors: '{name}' is {found}, the model "
-                                        f"needs {tuple(p.shape)}; the recipe's model differs from "
-                                        "the checkpoint's")
-                p.set_data(ms.Tensor(saved))
+        try:
+            ckpt.assign_tensors(state.model, self.model.parameters_and_names(), path / ckpt.MODEL_FILE)
+            ckpt.assign_tensors(state.optimizer, self.optimizer.state_parameters(),
+                                path / ckpt.OPTIMIZER_FILE)
+        except ckpt.CheckpointError as exc:
+            raise TrainingError(f"{exc}; the recipe's model differs from the checkpoint's") from None
         try:
             self.source.load_state_dict(state.state["data"])
         except ValueError as exc:  # DataError, or a batcher state of another shape
