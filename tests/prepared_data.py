@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mindxh.data import shards
-from mindxh.data.packing import Packer, PackedRow
+from mindxh.data.packing import PackedRow, Packer
 
 
 def packed_rows(docs, seq_len: int) -> list[PackedRow]:

@@ -1,4 +1,4 @@
-"""Tests for mindxh.train.checkpoint: round trip, pruning, atomicity, kill -9."""
+"""Tests for mindxh.checkpoint.store: round trip, pruning, atomicity, kill -9."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mindxh
-from mindxh.train.checkpoint import (
+from mindxh.checkpoint.store import (
     FAULT_ENV,
     CheckpointError,
     clean_stale_temporaries,
@@ -117,7 +117,7 @@ def test_latest_ignores_temporaries_and_incomplete(
     for fname in ("model.safetensors", "optimizer.safetensors", "recipe.yaml"):
         (bad_json / fname).write_bytes(b"x")
     (bad_json / "state.json").write_text("{not json")
-    with caplog.at_level("WARNING", logger="mindxh.train.checkpoint"):
+    with caplog.at_level("WARNING", logger="mindxh.checkpoint.store"):
         assert latest_checkpoint(tmp_path) == ckpts / "step-00000001"
     warned = caplog.text
     assert "step-00000003" in warned and "step-00000004" in warned
@@ -171,7 +171,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from mindxh.train.checkpoint import save_checkpoint
+    from mindxh.checkpoint.store import save_checkpoint
 
     root = sys.argv[1]
     for step in (1, 2):

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from conftest import TINY, run_cli
+from safetensors.numpy import load_file
 
 STEPS = 10
 # Same 16 rows per step in the same order; only the reduction order differs (two 8-row means

@@ -2,9 +2,9 @@
 import json
 
 import pytest
-
 from conftest import TINY, run_cli
-from mindxh.rewards.arith import is_correct
+
+from mindxh.tasks.arith import is_correct
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Tests for mindxh.utils.flops: formula, MFU, peak table, cached CPU probe."""
+"""FLOP accounting (mindxh.models.accounting), the peak table (mindxh.config.hardware) and
+the cached CPU probe (mindxh.utils.flops)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mindxh.config.hardware import PEAK_FLOPS, Peak, peak_flops
+from mindxh.models.accounting import flops_per_token, mfu
 from mindxh.utils import flops
-from mindxh.utils.flops import (
-    PEAK_FLOPS,
-    Peak,
-    flops_per_token,
-    measure_cpu_peak,
-    mfu,
-    peak_flops,
-    resolve_peak,
-)
+from mindxh.utils.flops import measure_cpu_peak, resolve_peak
 
 
 def test_flops_per_token_gpt2_small() -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from mindxh.rewards.arith import answer_int, arith_reward, is_correct
-from mindxh.rewards.format import answer_text, format_ok
+from mindxh.tasks.arith import answer_int, arith_reward, is_correct
+from mindxh.tasks.format import answer_text, format_ok
 
 
 @pytest.mark.parametrize("text", [

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TINY, run_cli
+
 from mindxh.config.schema import ModelConfig
 from mindxh.generate.sampling import SamplingConfig, log_probs, sample
 

@@ -5,8 +5,8 @@ import json
 from math import comb
 
 import pytest
-
 from conftest import run_cli
+
 from mindxh.eval.humaneval import load_problems, pass_at_k
 
 

@@ -11,12 +11,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from conftest import TINY, run_cli
+from prepared_data import random_rows, write_prepared
+
 from mindxh.data import shards
 from mindxh.data.loader import DataError, PreparedDataset, PreparedLoader
 from mindxh.data.mixture import Mixture, integer_weights
-from prepared_data import random_rows, write_prepared
 
 SEQ = 16
 SHA = "a" * 64
@@ -282,8 +282,8 @@ def prepared_run(tmp_path_factory, tiny_tokenizer, tiny_data):
 
 def test_trainer_resume_after_kill_serves_each_sample_once(tmp_path, tiny_tokenizer, tiny_data,
                                                            prepared_run):
+    from mindxh.checkpoint.store import FAULT_ENV
     from mindxh.data.shards import load_manifest
-    from mindxh.train.checkpoint import FAULT_ENV
 
     crashed = tmp_path / "crashed"
     res = run_cli(*_prepared_args(tiny_tokenizer, tiny_data, crashed), env={**RECORD, FAULT_ENV: "4"})

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TINY, run_cli
+
 from mindxh.config.schema import ModelConfig
 
 
@@ -41,7 +41,8 @@ def ms_pynative():
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_parameter_count_is_exact(name, ms_pynative):
-    from mindxh.models.llama.model import Decoder, count_parameters
+    from mindxh.models.accounting import count_parameters
+    from mindxh.models.llama.model import Decoder
 
     cfg = ModelConfig(vocab_size=97, hidden_size=32, num_heads=4, intermediate_size=48,
                       num_layers=2, max_seq_len=16, **VARIANTS[name])

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
 
 TOY = [
@@ -83,10 +82,11 @@ def test_grpo_resumed_from_its_checkpoint_matches_an_uninterrupted_run(toy_run, 
     import mindspore as ms
     import numpy as np
 
+    from mindxh.checkpoint.store import latest_checkpoint, load_checkpoint
     from mindxh.config import load_recipe
-    from mindxh.rl.grpo import GRPOTrainer, validation_problems
+    from mindxh.rl.grpo import GRPOTrainer
+    from mindxh.tasks.arith import heldout_problems
     from mindxh.tokenizer import Tokenizer
-    from mindxh.train.checkpoint import latest_checkpoint, load_checkpoint
 
     out, _ = toy_run
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -95,7 +95,7 @@ def test_grpo_resumed_from_its_checkpoint_matches_an_uninterrupted_run(toy_run, 
     tok = Tokenizer.load(recipe.tokenizer.path)
     recipe.model.vocab_size = tok.vocab_size
     sft = json.loads((out / "stages" / "sft.json").read_text())["checkpoint"]
-    val = validation_problems(1, recipe.sft.level, 2)
+    val = heldout_problems(1, recipe.sft.level, 2)
 
     def run(steps, where, resume=False):
         r = copy.deepcopy(recipe)

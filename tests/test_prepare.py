@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from mindxh.data import prepare as prepare_mod
 from mindxh.data import shards
 from mindxh.data.bulk_pack import BulkPacker

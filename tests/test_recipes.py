@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, TINY, run_cli
+
 from mindxh.config import Recipe, RecipeError, load_recipe, recipe_to_yaml
 
 ALL_RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))

@@ -8,10 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
-from mindxh.rewards.math import (MathGrader, extract_answer, gsm8k_reference_answer,
-                                 normalize_number)
+
+from mindxh.rewards.math import (
+    MathGrader,
+    extract_answer,
+    gsm8k_reference_answer,
+    normalize_number,
+)
 from mindxh.rewards.pool import TimeoutPool
 
 

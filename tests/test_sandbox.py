@@ -13,8 +13,8 @@ import textwrap
 import uuid
 
 import pytest
-
 from conftest import REPO
+
 from mindxh.rewards import _cgroup, sandbox
 from mindxh.rewards.code import code_reward, run_tests
 from mindxh.rewards.sandbox import SandboxLimits, run_python

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
+from mindxh.cli import tokenizer_cmd as cli
 from mindxh.data.synthetic import sample_texts
 from mindxh.tokenizer import REASONING_TOKENS, Tokenizer, train, train_from_texts
-from mindxh.tokenizer import cli
 
 VOCAB = 512
 
@@ -158,14 +158,15 @@ def test_cli_synthetic(tmp_path, capsys):
 
 
 def test_cli_reports_errors(tmp_path, capsys):
+    from mindxh.cli.main import main
+
     # 256 pieces cannot hold 256 byte-fallback pieces plus the specials.
-    args = _parse(["tokenizer", "train", "--synthetic", "2000", "--vocab-size", "256",
-                   "--out", str(tmp_path / "t")])
-    assert cli.run(args) == 2
-    assert "vocab_size=256 is too small" in capsys.readouterr().err
-    args = _parse(["tokenizer", "train", "--input", str(tmp_path / "none.txt"),
-                   "--vocab-size", "400", "--out", str(tmp_path / "t")])
-    assert cli.run(args) == 2
+    assert main(["tokenizer", "train", "--synthetic", "2000", "--vocab-size", "256",
+                 "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "vocab_size=256 is too small" in err
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "none.txt"),
+                 "--vocab-size", "400", "--out", str(tmp_path / "t")]) == 2
     assert "none.txt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parse(["tokenizer", "train", "--synthetic", "5", "--vocab-size", "400",

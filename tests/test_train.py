@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TINY, run_cli
 from safetensors.numpy import load_file
 
-from conftest import TINY, run_cli
-from mindxh.train.checkpoint import FAULT_ENV
+from mindxh.checkpoint.store import FAULT_ENV
 
 METRIC_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"}
 

@@ -85,7 +85,8 @@ def bench_loader(data: Path, seq_len: int, batch: int, batches: int) -> dict:
 def bench_training(args, data: Path, recipe) -> dict:
     import mindspore as ms
 
-    from mindxh.models.llama.model import LossCell, build_model, count_parameters
+    from mindxh.models.accounting import count_parameters
+    from mindxh.models.llama.model import LossCell, build_model
     from mindxh.train import runtime
     from mindxh.train.batches import MODEL_INPUTS
     from mindxh.train.optim import AdamW

@@ -25,11 +25,12 @@ MARK = "BENCH_RESULT "
 
 def child(args) -> dict:
     """One mode in this process: build, compile (first step), then time `args.steps` steps."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
 
     from mindxh.config import load_recipe
-    from mindxh.models.llama.model import LossCell, build_model, count_parameters
+    from mindxh.models.accounting import count_parameters
+    from mindxh.models.llama.model import LossCell, build_model
     from mindxh.train import runtime
     from mindxh.train.optim import AdamW
     from mindxh.train.step import TrainStep

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _humaneval_samples(args: argparse.Namespace) -> int:
     from mindxh.eval.humaneval import evaluate, load_problems, pass_at_k
-    from mindxh.rewards.jsonl import JsonlError, read_records
+    from mindxh.utils.records import JsonlError, read_records
 
     problems = load_problems()
     samples, bad = [], []

@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    from mindxh.checkpoint.inference import load_for_inference
     from mindxh.data.chat import prompt_ids
-    from mindxh.models.loading import load_for_inference
 
     _configure(args)
     model, tok, recipe, checkpoint_dir = load_for_inference(args.checkpoint)

@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_gsm8k(args: argparse.Namespace) -> int:
-    from mindxh.rewards.jsonl import JsonlError, read_records
     from mindxh.rewards.math import MathGrader, gsm8k_reference_answer
+    from mindxh.utils.records import JsonlError, read_records
 
     graded = correct = 0
     bad: list[int] = []

@@ -9,8 +9,17 @@ import argparse
 import logging
 import sys
 
-from mindxh.cli import data_cmd, eval_cmd, generate_cmd, grade_cmd, pipeline_cmd, recipe_cmd, train_cmd
-from mindxh.tokenizer import cli as tokenizer_cli
+from mindxh.cli import (
+    data_cmd,
+    eval_cmd,
+    generate_cmd,
+    grade_cmd,
+    pipeline_cmd,
+    recipe_cmd,
+    tokenizer_cmd,
+    train_cmd,
+)
+from mindxh.errors import MindxhError
 
 
 class _TqdmHandler(logging.Handler):
@@ -37,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train_cmd.register(sub)
     recipe_cmd.register(sub)
-    tokenizer_cli.register(sub)
+    tokenizer_cmd.register(sub)
     data_cmd.register(sub)
     pipeline_cmd.register(sub)
     generate_cmd.register(sub)
@@ -49,11 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from mindxh.cli.errors import USER_ERRORS
-
     try:
         return args.func(args) or 0
-    except USER_ERRORS as exc:
+    except MindxhError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 
 from mindxh.config.schema import InvalidValue, Recipe
+from mindxh.errors import MindxhError
 
 
-class RecipeError(ValueError):
+class RecipeError(MindxhError, ValueError):
     """A recipe that cannot run: the message names key, file and line."""
 
 
@@ -30,6 +31,11 @@ def _read_yaml(path: Path) -> tuple[dict, Sources]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(f"recipe file not found: {path}") from None
+    return _parse_yaml(text, path)
+
+
+def _parse_yaml(text: str, path: Path | str) -> tuple[dict, Sources]:
+    """Parse recipe text; `path` names it in errors and line references."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -234,6 +240,20 @@ def _build(cls: type, data: Any, prefix: str, sources: Sources) -> Any:
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a recipe file (following `base:`), apply `--set` overrides, validate everything."""
     data, sources = _load_with_bases(Path(path))
+    return _finish(data, sources, overrides)
+
+
+def load_recipe_text(text: str, where: str | Path,
+                     overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """A recipe from its resolved text (as `recipe_to_yaml` wrote it, e.g. in a checkpoint);
+    `where` names it in errors. A `base:` key is refused: saved recipes are resolved."""
+    data, sources = _parse_yaml(text, where)
+    if "base" in data:
+        raise RecipeError(f"{where}: a saved recipe cannot have 'base' (it is already resolved)")
+    return _finish(data, sources, overrides)
+
+
+def _finish(data: dict, sources: Sources, overrides: list[str] | tuple[str, ...]) -> Recipe:
     for override in overrides:
         _apply_override(data, sources, override)
     recipe = _build(Recipe, data, "", sources)

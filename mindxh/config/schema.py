@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-
 from mindxh.config.errors import InvalidValue
 from mindxh.config.errors import require as _require
 from mindxh.config.stages import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig
@@ -175,7 +174,7 @@ class ParallelConfig:
 @dataclass
 class MetricsConfig:
     """What MFU is measured against. `cpu` measures this CPU with a GEMM probe; accelerators
-    come from the table in mindxh/utils/flops.py. `auto` means `cpu` when compile.device is
+    come from the table in mindxh/config/hardware.py. `auto` means `cpu` when compile.device is
     CPU; on an accelerator the model must be named (a 910B2 and a 910B4 differ by 1.4x)."""
 
     device: str = "auto"
@@ -223,7 +222,7 @@ class Recipe:
                      f"{self.tokenizer.vocab_size}; set it to null to follow the tokenizer")
 
     def _check_peak_device(self) -> None:
-        from mindxh.utils.flops import PEAK_FLOPS, lookup_peak
+        from mindxh.config.hardware import PEAK_FLOPS, lookup_peak
 
         device = self.metrics.peak_device(self.compile.device)
         if device == "auto":

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mindxh.errors import MindxhError
 from mindxh.tokenizer.spm import Tokenizer
 
 __all__ = ["ChatFormatError", "messages_of", "prompt_ids", "render_chat"]
@@ -23,7 +24,7 @@ __all__ = ["ChatFormatError", "messages_of", "prompt_ids", "render_chat"]
 _ROLES = ("system", "user", "assistant")
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(MindxhError, ValueError):
     """A sample that is not `{"messages": [...]}` or `{"prompt", "response"}`."""
 
 

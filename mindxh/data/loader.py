@@ -29,6 +29,7 @@ import numpy as np
 from mindxh.data.mixture import Mixture
 from mindxh.data.packing import positions_from_segments
 from mindxh.data.shards import ShardError, load_manifest, shard_paths, verify_shards
+from mindxh.errors import MindxhError
 
 __all__ = ["DataError", "PreparedDataset", "PreparedLoader", "eval_batches"]
 
@@ -38,7 +39,7 @@ _STATE_VERSION = 1
 _COLUMNS = ["row_id", "input_ids", "labels", "segment_ids"]
 
 
-class DataError(ValueError):
+class DataError(MindxhError, ValueError):
     """A prepared dataset that this run cannot use; the message names the recipe key and path."""
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from mindxh.errors import MindxhError
+
 __all__ = ["Chunk", "PrepareError", "REASONS", "Skip", "SkipLog", "check_input",
            "classify_chat_error", "input_format", "parse_chunk", "read_chunks"]
 
@@ -46,7 +48,7 @@ _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".parquet": "p
 _PARQUET_BATCH_ROWS = 2048
 
 
-class PrepareError(ValueError):
+class PrepareError(MindxhError, ValueError):
     """The input or output of a preparation is unusable; the message names the file (and line)."""
 
 

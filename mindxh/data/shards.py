@@ -25,6 +25,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mindxh.errors import MindxhError
+
 __all__ = [
     "ARRAY_FIELDS", "FORMAT", "MANIFEST_NAME", "SCHEMA", "SCHEMA_DESC", "ShardError",
     "db_name", "file_sha256", "is_shard_file", "load_manifest", "shard_name",
@@ -46,7 +48,7 @@ _SHARD_RE = re.compile(r"^shard-\d{5,}\.mindrecord(\.db)?$")
 _REQUIRED_KEYS = ("format", "kind", "seq_len", "tokenizer", "rows", "shards")
 
 
-class ShardError(Exception):
+class ShardError(MindxhError):
     """A prepared dataset is missing, incomplete, of another format, or damaged."""
 
 

@@ -16,6 +16,9 @@ import json
 import logging
 from pathlib import Path
 
+from mindxh.errors import MissingFileError
+from mindxh.tasks.arith import greedy_accuracy, heldout_problems
+
 log = logging.getLogger(__name__)
 
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -43,10 +46,7 @@ def _generator(args, model, tok, recipe, longest_prompt: int):
 
 
 def _arith(args, model, tok, recipe) -> tuple[list[dict], str]:
-    from mindxh.eval.arith import greedy_accuracy
-    from mindxh.rl.grpo import validation_problems
-
-    problems = validation_problems(args.seed, args.level, args.limit or 500)
+    problems = heldout_problems(args.seed, args.level, args.limit or 500)
     gen = _generator(args, model, tok, recipe, 96)
     acc, records = greedy_accuracy(gen, tok, problems, args.max_new_tokens)
     return records, f"arith (level {args.level}, {len(records)} held-out problems): accuracy {acc:.2%}"
@@ -54,12 +54,12 @@ def _arith(args, model, tok, recipe) -> tuple[list[dict], str]:
 
 def _gsm8k(args, model, tok, recipe) -> tuple[list[dict], str]:
     from mindxh.data.chat import prompt_ids
-    from mindxh.rewards.jsonl import JsonlError, read_records
     from mindxh.rewards.math import MathGrader, gsm8k_reference_answer
+    from mindxh.utils.records import JsonlError, read_records
 
     path = Path(args.data or DEFAULT_GSM8K)
     if not path.exists():
-        raise FileNotFoundError(f"GSM8K data not found at {path}; pass --data FILE.jsonl")
+        raise MissingFileError(f"GSM8K data not found at {path}; pass --data FILE.jsonl")
     rows = []
     for lineno, obj, problem in read_records(str(path), {"question": str, "answer": str}):
         if problem:
@@ -114,7 +114,7 @@ def run_eval(args: argparse.Namespace) -> str:
     """Generate and score; returns the summary line the command prints."""
     import mindspore as ms
 
-    from mindxh.models.loading import load_for_inference
+    from mindxh.checkpoint.inference import load_for_inference
 
     ms.set_context(mode=ms.GRAPH_MODE)
     model, tok, recipe, checkpoint = load_for_inference(args.checkpoint)

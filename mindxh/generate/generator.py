@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mindxh.errors import MindxhError
 from mindxh.generate.sampling import SamplingConfig, log_probs, row_rngs, sample
 
 __all__ = ["Completion", "GenerationError", "GenerationStats", "Generator"]
@@ -25,7 +26,7 @@ __all__ = ["Completion", "GenerationError", "GenerationStats", "Generator"]
 log = logging.getLogger(__name__)
 
 
-class GenerationError(ValueError):
+class GenerationError(MindxhError, ValueError):
     """Prompts the generator cannot take (too long for max_len, empty, ids out of vocabulary)."""
 
 
@@ -71,7 +72,6 @@ class Generator:
     """
 
     def __init__(self, model, tokenizer, batch_size: int, max_len: int, prompt_bucket: int = 32):
-        from mindxh.models.llama.cache import CachedDecoder
 
         if batch_size < 1 or max_len < 2 or prompt_bucket < 1:
             raise GenerationError(f"need batch_size >= 1, max_len >= 2 and prompt_bucket >= 1; got "
@@ -83,11 +83,17 @@ class Generator:
         self.tokenizer = tokenizer
         self.batch_size, self.max_len, self.prompt_bucket = batch_size, max_len, prompt_bucket
         self.vocab_size = model.cfg.vocab_size
+        from mindxh.models.llama.cache import CachedDecoder  # imports mindspore
+
         self.cell = CachedDecoder(model, batch_size, max_len - 1)
         self.stop_ids = {tokenizer.eos_id: "eos", tokenizer.piece_to_id("</answer>"): "stop"}
         self.last_stats = GenerationStats(batch_size=batch_size)
 
     # -- public ---------------------------------------------------------------
+    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Completion]:
+        """Greedy completions (temperature 0): what accuracy is judged on."""
+        return self.generate(prompts, SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0))
+
     def generate(self, prompts: Sequence[Sequence[int]], cfg: SamplingConfig) -> list[Completion]:
         """One completion per prompt, in order. Prompts of similar length share a chunk."""
         self._check(prompts, cfg)

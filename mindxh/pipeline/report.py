@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mindxh.pipeline.runner import Context
+from mindxh.pipeline.context import Context
 
 __all__ = ["build", "markdown", "plot"]
 

@@ -11,39 +11,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mindxh.config import Recipe, recipe_to_yaml
 from mindxh.config.stages import STAGES
+from mindxh.pipeline import report, stages
+from mindxh.pipeline.context import Context, PipelineError
 
 log = logging.getLogger(__name__)
-
-
-class PipelineError(RuntimeError):
-    """A stage cannot run (missing input from an earlier stage, a failed check...)."""
-
-
-@dataclass
-class Context:
-    recipe: Recipe
-    out: Path
-    results: dict = field(default_factory=dict)  # stage -> its results (from stages/*.json)
-
-    def stage_dir(self, stage: str) -> Path:
-        path = self.out / stage
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def result(self, stage: str) -> dict:
-        if stage not in self.results:
-            raise PipelineError(f"stage '{stage}' needs the results of stage '{stage}', which has "
-                                f"not run; add it to pipeline.stages")
-        return self.results[stage]
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.out / "tokenizer.model"
 
 
 def _marker(out: Path, stage: str) -> Path:
@@ -59,8 +34,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_pipeline(recipe: Recipe, restart_from: str | None = None) -> dict:
     """Run the recipe's pipeline.stages in order; returns the report dict."""
-    from mindxh.pipeline import report, stages
-
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     order = [s for s in STAGES if s in recipe.pipeline.stages]

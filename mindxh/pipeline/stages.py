@@ -20,13 +20,16 @@ import logging
 import math
 from pathlib import Path
 
-from mindxh.data.synthetic import iter_problems
-from mindxh.pipeline.runner import Context, PipelineError
-from mindxh.train import checkpoint as ckpt
+from mindxh.checkpoint import store as ckpt
+from mindxh.pipeline.context import Context, PipelineError
+from mindxh.tasks.arith import (
+    VALIDATION_STREAM,
+    cold_start_samples,
+    greedy_accuracy,
+    heldout_problems,
+)
 
 log = logging.getLogger(__name__)
-
-VALIDATION_STREAM = 104729  # validation problems: another held-out stream than the test set's
 
 
 def _tokenizer(ctx: Context):
@@ -45,17 +48,13 @@ def _model_recipe(ctx: Context):
 
 
 def validation_set(ctx: Context):
-    from mindxh.rl.grpo import validation_problems
-
     r = ctx.recipe
-    return validation_problems(r.seed + VALIDATION_STREAM, r.sft.level, r.sft.eval_problems)
+    return heldout_problems(r.seed + VALIDATION_STREAM, r.sft.level, r.sft.eval_problems)
 
 
 def test_set(ctx: Context):
-    from mindxh.rl.grpo import validation_problems
-
     r = ctx.recipe
-    return validation_problems(r.seed, r.sft.level, r.evaluation.problems)
+    return heldout_problems(r.seed, r.sft.level, r.evaluation.problems)
 
 
 class Evaluator:
@@ -73,10 +72,7 @@ class Evaluator:
         self.generator = Generator(self.model, self.tok, r.evaluation.batch_size, r.sft.seq_len + 1)
 
     def accuracy(self, checkpoint: Path, problems, records_path: Path | None = None) -> float:
-        from mindxh.eval.arith import greedy_accuracy
-        from mindxh.train.checkpoint import load_model_weights
-
-        load_model_weights(self.model, checkpoint)
+        ckpt.load_model_weights(self.model, checkpoint)
         acc, records = greedy_accuracy(self.generator, self.tok, problems, self.max_new_tokens)
         if records_path is not None:
             with records_path.open("w") as f:
@@ -108,21 +104,15 @@ def run_pretrain(ctx: Context) -> dict:
             "loss": res.final_loss, "eval_loss": res.eval_loss, "tokens_per_s": res.tokens_per_s}
 
 
-def cold_start_samples(ctx: Context) -> list[dict]:
-    """The worked solutions SFT may use: the first `sft.cold_start_examples` problems."""
-    r = ctx.recipe
-    it = iter_problems(r.seed, "train", [r.sft.level])
-    return [{"prompt": p.prompt(), "response": p.response()}
-            for _, p in (next(it) for _ in range(r.sft.cold_start_examples))]
-
-
 def _prepare_cold_start(ctx: Context, out: Path) -> Path:
     from mindxh.data.prepare import prepare
 
     jsonl = out / "cold_start.jsonl"
     if not jsonl.exists():
         tmp = jsonl.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(s) + "\n" for s in cold_start_samples(ctx)))
+        r = ctx.recipe
+        samples = cold_start_samples(r.seed, r.sft.level, r.sft.cold_start_examples)
+        tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
         tmp.replace(jsonl)
     data = out / "data"
     prepare([str(jsonl)], str(data), str(ctx.tokenizer_path), kind="sft",
@@ -224,7 +214,7 @@ def run_eval(ctx: Context) -> dict:
 
 
 def run_export(ctx: Context) -> dict:
-    from mindxh.export import export_mindir
+    from mindxh.export.mindir import export_mindir
 
     if ctx.recipe.pipeline.export_format == "none":
         return {"skipped": "pipeline.export_format is none"}

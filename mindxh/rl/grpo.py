@@ -16,18 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
+from mindxh.checkpoint import store as ckpt
 from mindxh.config import Recipe, recipe_to_yaml
-from mindxh.data.chat import prompt_ids
-from mindxh.data.synthetic import Problem, iter_problems
 from mindxh.rl.rollout import build_batch, group_advantages, shuffle_rewards
+from mindxh.tasks.arith import (
+    Problem,
+    arith_reward,
+    greedy_accuracy,
+    is_correct,
+    prompt_ids,
+    rl_problems,
+)
 from mindxh.tokenizer import Tokenizer
-from mindxh.train import checkpoint as ckpt
 from mindxh.train.metrics import MetricsLog, peak_rss_mb
 
 log = logging.getLogger(__name__)
-
-RL_STREAM = 7919  # offset of the RL problems' seed: a different stream from the SFT set's
-
 
 @dataclass
 class GRPOResult:
@@ -35,12 +38,6 @@ class GRPOResult:
     steps: int
     accuracy: float | None  # validation accuracy after the last step
     wall_s: float
-
-
-def validation_problems(seed: int, level: int, n: int) -> list[Problem]:
-    """Held-out problems (split by question hash, so never in any training stream)."""
-    it = iter_problems(seed, "heldout", [level])
-    return [next(it)[1] for _ in range(n)]
 
 
 class GRPOTrainer:
@@ -96,26 +93,21 @@ class GRPOTrainer:
 
     # -- one step -----------------------------------------------------------
     def _next_problems(self) -> list[Problem]:
-        it = iter_problems(self.r.seed + RL_STREAM, "train", [self.r.sft.level], self._next_index)
-        out = []
-        for _ in range(self.g.prompts_per_step):
-            index, problem = next(it)
-            out.append(problem)
-            self._next_index = index + 1
-        return out
+        problems, self._next_index = rl_problems(self.r.seed, self.r.sft.level, self._next_index,
+                                                 self.g.prompts_per_step)
+        return problems
 
     def _sample(self, problems: list[Problem], step: int):
         from mindxh.generate.sampling import SamplingConfig
 
         g = self.g
-        prompts = [prompt_ids(self.tok, p.prompt()) for p in problems for _ in range(g.group_size)]
+        prompts = [prompt_ids(self.tok, p) for p in problems for _ in range(g.group_size)]
         cfg = SamplingConfig(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                              top_p=g.top_p, seed=self.r.seed * 1_000_003 + step)
         return prompts, self.generator.generate(prompts, cfg)
 
     def _step(self, step: int) -> dict:
         import mindspore as ms
-        from mindxh.rewards.arith import arith_reward, is_correct
 
         g = self.g
         t0 = time.perf_counter()
@@ -155,8 +147,6 @@ class GRPOTrainer:
         return record
 
     def validate(self, problems: list[Problem]) -> float:
-        from mindxh.eval.arith import greedy_accuracy
-
         return greedy_accuracy(self.generator, self.tok, problems, self.g.max_new_tokens)[0]
 
     # -- the loop -----------------------------------------------------------

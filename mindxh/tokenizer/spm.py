@@ -33,9 +33,15 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from mindxh.errors import MindxhError, MissingFileError
+
 __all__ = ["REASONING_TOKENS", "Tokenizer", "train", "train_from_texts"]
 
 logger = logging.getLogger(__name__)
+
+
+class TokenizerError(MindxhError, ValueError):
+    """A file that is no usable tokenizer, or training settings the corpus cannot satisfy."""
 
 REASONING_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
 _MODEL_TYPES = ("bpe", "unigram", "char", "word")
@@ -53,13 +59,13 @@ class Tokenizer:
             self._sp.LoadFromSerializedProto(model_bytes)
         except (RuntimeError, OSError) as exc:
             where = path or "<bytes>"
-            raise ValueError(f"{where} is not a SentencePiece model: {exc}") from exc
+            raise TokenizerError(f"{where} is not a SentencePiece model: {exc}") from exc
         self.path = path
         self.sha256 = hashlib.sha256(model_bytes).hexdigest()
         ids = [self._sp.PieceToId(p) for p in REASONING_TOKENS]
         missing = [p for p, i in zip(REASONING_TOKENS, ids) if i == self._sp.unk_id()]
         if missing:
-            raise ValueError(
+            raise TokenizerError(
                 f"{path or '<bytes>'} lacks the reasoning tokens {missing}; "
                 "train it with mindxh.tokenizer.train"
             )
@@ -70,7 +76,7 @@ class Tokenizer:
     def load(cls, path: str | os.PathLike[str]) -> "Tokenizer":
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"tokenizer model not found: {p}")
+            raise MissingFileError(f"tokenizer model not found: {p}")
         return cls(p.read_bytes(), path=str(p))
 
     @classmethod
@@ -144,11 +150,11 @@ def train(
 ) -> Tokenizer:
     """Train on text files, each line one sentence; write ``PREFIX.model``/``.vocab``."""
     if not input_files:
-        raise ValueError("no input files given")
+        raise TokenizerError("no input files given")
     paths = [Path(f) for f in input_files]
     for p in paths:
         if not p.is_file():
-            raise FileNotFoundError(f"tokenizer training input not found: {p}")
+            raise MissingFileError(f"tokenizer training input not found: {p}")
     return _train(_file_lines(paths), model_prefix, vocab_size, model_type, character_coverage)
 
 
@@ -178,9 +184,9 @@ def _train(
     character_coverage: float,
 ) -> Tokenizer:
     if model_type not in _MODEL_TYPES:
-        raise ValueError(f"unknown model_type {model_type!r}; expected one of {_MODEL_TYPES}")
+        raise TokenizerError(f"unknown model_type {model_type!r}; expected one of {_MODEL_TYPES}")
     if vocab_size <= 0:
-        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+        raise TokenizerError(f"vocab_size must be positive, got {vocab_size}")
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.Train(
@@ -219,17 +225,17 @@ def _train(
 
 
 def _vocab_error(exc: RuntimeError, vocab_size: int) -> Exception:
-    """Turn SentencePiece's vocabulary-size failures into a ValueError with advice."""
+    """Turn SentencePiece's vocabulary-size failures into a TokenizerError with advice."""
     msg = str(exc)
     high = re.search(r"Vocabulary size too high.*?<= (\d+)", msg)
     if high:
-        return ValueError(
+        return TokenizerError(
             f"vocab_size={vocab_size} is too large for this corpus; "
             f"use a smaller one (at most {high.group(1)}) or more text"
         )
     low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg)
     if low:
-        return ValueError(
+        return TokenizerError(
             f"vocab_size={vocab_size} is too small: the special, byte-fallback and "
             f"character pieces alone need {low.group(1)}; use a larger one"
         )

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
+import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
-import mindspore as ms
 
 from mindxh.config.schema import OptimConfig
 

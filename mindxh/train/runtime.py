@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 
 from mindxh.config.schema import Recipe
+from mindxh.errors import MindxhError
 
 
-class LaunchError(RuntimeError):
+class LaunchError(MindxhError, RuntimeError):
     """The recipe asks for a launch this process was not started with."""
 
 

@@ -19,20 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
+from mindxh.checkpoint import store as ckpt
 from mindxh.config import Recipe, recipe_to_yaml
 from mindxh.data.loader import DataError
+from mindxh.errors import MindxhError
+from mindxh.models.accounting import mfu, training_flops_per_token
 from mindxh.tokenizer import Tokenizer
-from mindxh.train import checkpoint as ckpt
 from mindxh.train import runtime, warmstart
 from mindxh.train.batches import MODEL_INPUTS, SampleLog, heldout_batches, train_source
 from mindxh.train.metrics import MetricsLog, peak_rss_mb
 from mindxh.train.progress import Progress
-from mindxh.utils.flops import flops_per_token, mfu, resolve_peak
+from mindxh.utils.flops import resolve_peak
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(MindxhError, RuntimeError):
     """The run cannot go on (non-finite loss, unusable output directory...)."""
 
 
@@ -98,7 +100,8 @@ class Trainer:
         return latest
 
     def _build(self):
-        from mindxh.models.llama.model import LossCell, build_model, count_parameters
+        from mindxh.models.accounting import count_parameters
+        from mindxh.models.llama.model import LossCell, build_model
         from mindxh.train.optim import AdamW
         from mindxh.train.step import AccumulateStep, ApplyStep, TrainStep
 
@@ -231,10 +234,7 @@ class Trainer:
         # rank 0 alone owns metrics.jsonl: another rank opening it would truncate rank 0's records
         self.metrics = (MetricsLog(self.out / "metrics.jsonl", resume_step=step if latest else None)
                         if lead else None)
-        m = r.model
-        n_matmul = self.params["non_embedding"] + (m.vocab_size * m.hidden_size if m.tie_embeddings else 0)
-        self.flops_per_token = flops_per_token(n_matmul, m.num_layers, m.num_heads, m.head_dim,
-                                               r.train.seq_len)
+        self.flops_per_token = training_flops_per_token(r.model, self.params, r.train.seq_len)
         self.peak, peak_source = resolve_peak(r.metrics.peak_device(r.compile.device), r.metrics.dtype)
         log.info("model: %s parameters (%s non-embedding); %.3g FLOPs/token; peak %.3g FLOP/s (%s)",
                  f"{self.params['total']:,}", f"{self.params['non_embedding']:,}",

@@ -9,12 +9,13 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from mindxh.train import checkpoint as ckpt
+from mindxh.checkpoint import store as ckpt
+from mindxh.errors import MindxhError
 
 log = logging.getLogger(__name__)
 
 
-class InitFromError(ValueError):
+class InitFromError(MindxhError, ValueError):
     """train.init_from names nothing usable, or weights that do not fit the model."""
 
 

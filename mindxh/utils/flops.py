@@ -1,7 +1,7 @@
-"""Model FLOPs per token, peak FLOP/s per device, and MFU (pure numpy + stdlib).
+"""The practical float32 peak of this CPU, measured by a GEMM probe and cached, for MFU.
 
-The convention is chosen so MFU is comparable with PaLM, nanoGPT/nanochat and
-torchtitan numbers; see :func:`flops_per_token`.
+Accelerator peaks are a table (`mindxh.config.hardware`); a CPU's depends on the machine, so
+it is measured once per machine fingerprint and cached under `$MINDXH_CACHE_DIR`.
 """
 
 from __future__ import annotations
@@ -10,166 +10,18 @@ import json
 import logging
 import os
 import platform
-import re
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mindxh.config.hardware import lookup_peak, normalise
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MINDXH_CACHE_DIR"
 CPU_PEAK_FILENAME = "cpu_peak.json"
-
-
-def flops_per_token(
-    n_params_non_embedding: int, n_layers: int, n_heads: int, head_dim: int, seq_len: int
-) -> float:
-    """Training FLOPs per token: ``6*N + 12*L*H*Q*T``.
-
-    Convention (PaLM, Chowdhery et al. 2022, appendix B "Calculation of model
-    FLOPs utilization"; also nanoGPT/nanochat), which keeps MFU comparable with
-    PaLM/nanochat/torchtitan numbers:
-
-    * Training = forward + backward = 3x forward; a matmul with P weights costs
-      2*P FLOPs per token forward, hence ``6*N``.
-    * ``N`` counts every weight used in a matmul. Exclude only the input
-      embedding table (a lookup, not a matmul). Include the output projection
-      (lm_head, vocab x d_model) in ``N`` whether or not it is tied to the input
-      embedding, because it is a matmul either way. Norm gains and biases may
-      be included; they are negligible.
-    * ``12*L*H*Q*T`` is attention: QK^T and AV, each 2*T*Q FLOPs per token per
-      head forward, times 3 for training. It counts the full T x T square;
-      causal masking is NOT halved. ``H`` is the number of query heads, ``Q``
-      the head dim, ``T`` the training sequence length.
-    """
-    for name, value in (
-        ("n_params_non_embedding", n_params_non_embedding),
-        ("n_layers", n_layers),
-        ("n_heads", n_heads),
-        ("head_dim", head_dim),
-        ("seq_len", seq_len),
-    ):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(6 * n_params_non_embedding + 12 * n_layers * n_heads * head_dim * seq_len)
-
-
-def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s over peak FLOP/s (0..1)."""
-    if peak_flops <= 0:
-        raise ValueError(f"peak_flops must be > 0, got {peak_flops}")
-    return tokens_per_s * flops_per_token / peak_flops
-
-
-@dataclass(frozen=True)
-class Peak:
-    """Dense (no sparsity) peak FLOP/s of one device for one dtype."""
-
-    device: str
-    dtype: str
-    flops: float
-    source: str
-
-
-def _peaks(device: str, source: str, **by_dtype: float) -> dict[str, Peak]:
-    return {dtype: Peak(device, dtype, flops, source) for dtype, flops in by_dtype.items()}
-
-
-_CANN = "CANN chip config {}"
-_VERL = "; also used by MindSpeed-LLM and verl flops counters"
-
-# Per device, dense, no sparsity. Keys are canonical device names.
-PEAK_FLOPS: dict[str, dict[str, Peak]] = {
-    "ascend-910b2": _peaks(
-        "ascend-910b2", _CANN.format("Ascend910B2.ini") + _VERL,
-        bf16=354e12, fp16=376e12, fp32=99.5e12,
-    ),
-    "ascend-910b3": _peaks(
-        "ascend-910b3", _CANN.format("Ascend910B3.ini"),
-        bf16=295e12, fp16=313e12, fp32=83e12,
-    ),
-    "ascend-910b4": _peaks(
-        "ascend-910b4", _CANN.format("Ascend910B4.ini"),
-        bf16=246e12, fp16=280e12, fp32=75e12,
-    ),
-    "ascend-910c-die": _peaks(
-        "ascend-910c-die",
-        _CANN.format("Ascend910_93xx.ini") + "; one die, a 910C package is 2 dies (~2x)",
-        bf16=354e12, fp16=376e12, fp32=99.5e12,
-    ),
-    "nvidia-h100-sxm": _peaks(
-        "nvidia-h100-sxm", "NVIDIA H100 SXM datasheet (dense)",
-        bf16=989e12, fp16=989e12, fp32=67e12, tf32=495e12,
-    ),
-    "nvidia-h20": _peaks(
-        "nvidia-h20", "MindSpeed-LLM / verl flops counter tables",
-        bf16=148e12, fp16=148e12, fp32=44e12,
-    ),
-    "nvidia-a100-sxm": _peaks(
-        "nvidia-a100-sxm", "NVIDIA A100 SXM datasheet (dense)",
-        bf16=312e12, fp16=312e12, fp32=19.5e12, tf32=156e12,
-    ),
-}
-
-# Normalised alias -> canonical key. "Ascend 910B" means the 910B2 SKU.
-_DEVICE_ALIASES = {
-    "ascend910b": "ascend-910b2",
-    "910b": "ascend-910b2",
-    "910b2": "ascend-910b2",
-    "910b3": "ascend-910b3",
-    "910b4": "ascend-910b4",
-    "ascend910c": "ascend-910c-die",
-    "910c": "ascend-910c-die",
-    "h100": "nvidia-h100-sxm",
-    "h100sxm": "nvidia-h100-sxm",
-    "h20": "nvidia-h20",
-    "a100": "nvidia-a100-sxm",
-    "a100sxm": "nvidia-a100-sxm",
-}
-
-_DTYPE_ALIASES = {
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-    "float32": "fp32",
-    "float": "fp32",
-    "tensorfloat32": "tf32",
-}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _canonical_device(device: str) -> str:
-    key = _norm(device)
-    by_norm = {_norm(name): name for name in PEAK_FLOPS}
-    if key in by_norm:
-        return by_norm[key]
-    for alias in (key, key.removeprefix("nvidia")):
-        if alias in _DEVICE_ALIASES:
-            return _DEVICE_ALIASES[alias]
-    raise KeyError(f"unknown device {device!r}; known devices: {sorted(PEAK_FLOPS)} or 'cpu'")
-
-
-def lookup_peak(device: str, dtype: str) -> Peak:
-    """The table entry for ``device``/``dtype`` (names are case/punctuation tolerant)."""
-    entries = PEAK_FLOPS[_canonical_device(device)]
-    dkey = _norm(dtype)
-    dkey = _DTYPE_ALIASES.get(dkey, dkey)
-    if dkey not in entries:
-        raise ValueError(
-            f"no peak for dtype {dtype!r} on {device!r}; known dtypes: {sorted(entries)}"
-        )
-    return entries[dkey]
-
-
-def peak_flops(device: str, dtype: str) -> float:
-    """Dense peak FLOP/s; KeyError for unknown device, ValueError for unknown dtype."""
-    return lookup_peak(device, dtype).flops
 
 
 def default_cpu_peak_cache() -> Path:
@@ -256,7 +108,7 @@ def measure_cpu_peak(cache_path: Path | None = None, size: int = 1024, repeats: 
 
 def resolve_peak(device: str, dtype: str) -> tuple[float, str]:
     """(peak FLOP/s, source) for MFU: probe for ``cpu``, the table otherwise."""
-    if _norm(device) == "cpu":
+    if normalise(device) == "cpu":
         path = default_cpu_peak_cache()
         return measure_cpu_peak(path), f"measured float32 GEMM probe, cached at {path}"
     peak = lookup_peak(device, dtype)

@@ -1,8 +1,19 @@
-"""Durable file-system helpers shared by checkpoints and prepared datasets."""
+"""Durable file-system helpers: fsync, atomic replace, JSON lines.
+
+Every file mindxh writes that a reader may see half-done (tokenizer, manifests, stage
+results, caches, metrics rewritten on resume) goes through `atomic_write`: a temporary
+sibling, flushed and fsynced, renamed over the target. A crash leaves the old file or the
+new one, never a torn one.
+"""
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["atomic_write", "atomic_write_json", "fsync_path", "read_jsonl", "write_jsonl"]
 
 
 def fsync_path(path: str | os.PathLike[str] | Path) -> None:
@@ -12,3 +23,47 @@ def fsync_path(path: str | os.PathLike[str] | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Replace `path` with `data` (text is UTF-8) all at once; its folder is created.
+
+    The file gets the permissions a plain `open(path, "w")` would (mkstemp's 0600 is
+    widened by the umask), and the folder entry is fsynced after the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, indent: int | None = 2,
+                      sort_keys: bool = False) -> Path:
+    """`atomic_write` of `data` as JSON with a final newline."""
+    return atomic_write(path, json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[Any]) -> Path:
+    """All `records` as JSON lines (non-ASCII kept), written atomically."""
+    return atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
+    """Every non-blank line of a JSON-lines file we wrote ourselves (no per-line validation:
+    for user input, see `mindxh.utils.records.read_records`)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

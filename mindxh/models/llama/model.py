@@ -215,16 +215,8 @@ class LossCell(nn.Cell):
                                  ignore_index=-100, reduction="mean")
 
 
-def count_parameters(model: Decoder) -> dict[str, int]:
-    """Exact counts. `non_embedding` excludes only the input lookup table; a tied head is the
-    same matrix, so it counts in `total` once and its matmul is added back for FLOPs."""
-    total = sum(int(np.prod(p.shape)) for p in model.get_parameters())
-    embedding = int(np.prod(model.embed.shape))
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
-
-
 def build_model(cfg: ModelConfig, seed: int) -> Decoder:
     return Decoder(cfg, seed)
 
 
-__all__ = ["Decoder", "LossCell", "build_model", "count_parameters", "rope_tables"]
+__all__ = ["Decoder", "LossCell", "build_model", "rope_tables"]

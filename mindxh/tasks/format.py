@@ -1,4 +1,6 @@
-"""The reasoning format the RL stage rewards: `<think>...</think><answer>...</answer>`, nothing else.
+"""The reasoning format tasks ask for and GRPO rewards: `<think>...</think><answer>...</answer>`.
+
+One think block, one answer block, nothing else around them.
 
 Pure Python and regex only: it runs on every sampled response in the GRPO loop.
 """

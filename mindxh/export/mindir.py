@@ -20,8 +20,8 @@ def export_mindir(recipe, checkpoint: Path, prefix: Path, seq_len: int,
     import mindspore as ms
     from mindspore import nn
 
+    from mindxh.checkpoint.store import load_model_weights
     from mindxh.models.llama.model import build_model
-    from mindxh.train.checkpoint import load_model_weights
 
     model = build_model(recipe.model, recipe.seed)
     load_model_weights(model, checkpoint)

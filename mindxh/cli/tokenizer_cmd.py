@@ -1,16 +1,11 @@
-"""``mindxh tokenizer train``: build a tokenizer from files or from synthetic data.
-
-Wire into the top-level CLI with ``register(subparsers)``; each leaf parser
-sets ``func=run`` so the caller does ``return args.func(args)``.
-"""
+"""`mindxh tokenizer train`: build a tokenizer from files or from synthetic data."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mindxh.data.synthetic import LEVELS, sample_texts
-from mindxh.tokenizer.spm import Tokenizer, train, train_from_texts
+from mindxh.tokenizer.spm import Tokenizer, TokenizerError, train, train_from_texts
 
 __all__ = ["register", "run"]
 
@@ -56,12 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train as ``args`` say; print one summary line; 0 on success, 2 on bad input (as every mindxh command)."""
-    try:
-        tok = _train(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """Train as `args` say and print one summary line (bad input: a TokenizerError)."""
+    tok = _train(args)
     print(f"tokenizer vocab_size={tok.vocab_size} path={tok.path} sha256={tok.sha256[:12]}")
     return 0
 
@@ -75,7 +66,7 @@ def _train(args: argparse.Namespace) -> Tokenizer:
     )
     if args.synthetic is not None:
         if args.synthetic <= 0:
-            raise ValueError(f"--synthetic must be positive, got {args.synthetic}")
+            raise TokenizerError(f"--synthetic must be positive, got {args.synthetic}")
         texts = sample_texts(args.seed, "train", args.levels, args.synthetic)
         return train_from_texts(texts, **common)
     return train(args.input, **common)

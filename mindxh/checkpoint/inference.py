@@ -7,13 +7,14 @@ exactly that text; the tokenizer is the recipe's `tokenizer.path`, else the run 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from mindxh.config import Recipe, load_recipe
-from mindxh.train import checkpoint as ckpt
-from mindxh.train.checkpoint import CheckpointError
+from mindxh.checkpoint import store as ckpt
+from mindxh.checkpoint.store import CheckpointError
+from mindxh.config import Recipe, RecipeError, load_recipe_text
+from mindxh.models.llama.model import build_model
+from mindxh.tokenizer import Tokenizer
 
 __all__ = ["load_for_inference", "resolve_checkpoint"]
 
@@ -39,20 +40,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           f"run directory (with {ckpt.CHECKPOINTS_DIRNAME}/)")
 
 
-def _recipe_from_text(text: str, where: Path) -> Recipe:
-    """The loader reads files (errors then name file and line): give it the saved text as one."""
-    fd, tmp = tempfile.mkstemp(prefix="recipe-", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        return load_recipe(tmp)
-    except Exception as exc:  # a RecipeError names the temporary file: name the checkpoint instead
-        raise CheckpointError(f"{where}: its recipe cannot be loaded: "
-                              f"{str(exc).replace(tmp, str(where))}") from None
-    finally:
-        os.unlink(tmp)
-
-
 def _tokenizer_path(recipe: Recipe, checkpoint_dir: Path) -> Path:
     """The recipe's tokenizer.path (relative to where training ran), else RUN/tokenizer.model."""
     run_copy = checkpoint_dir.parent.parent / "tokenizer.model"  # RUN/checkpoints/step-N
@@ -61,7 +48,7 @@ def _tokenizer_path(recipe: Recipe, checkpoint_dir: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no tokenizer for checkpoint {checkpoint_dir}: looked for "
+    raise CheckpointError(f"no tokenizer for checkpoint {checkpoint_dir}: looked for "
                             f"{' and '.join(str(c) for c in candidates)}")
 
 
@@ -70,19 +57,19 @@ def load_for_inference(path: str | Path):
 
     The model is built in the current MindSpore mode, with the checkpoint's weights.
     """
-    from mindxh.models.llama.model import build_model
-    from mindxh.tokenizer import Tokenizer
-
     checkpoint_dir = resolve_checkpoint(path)
     state = ckpt.load_checkpoint(checkpoint_dir)
-    recipe = _recipe_from_text(state.recipe_text, checkpoint_dir / ckpt.RECIPE_FILE)
+    try:
+        recipe = load_recipe_text(state.recipe_text, checkpoint_dir / ckpt.RECIPE_FILE)
+    except RecipeError as exc:
+        raise CheckpointError(f"its recipe cannot be loaded: {exc}") from None
     tok_path = _tokenizer_path(recipe, checkpoint_dir)
     try:
         tokenizer = Tokenizer.load(tok_path)
     except ValueError as exc:
         raise CheckpointError(f"tokenizer {tok_path}: {exc}") from None
     if recipe.model.vocab_size is None:
-        recipe.model.vocab_size = tokenizer.vocab_size
+        recipe = replace(recipe, model=replace(recipe.model, vocab_size=tokenizer.vocab_size))
     model = build_model(recipe.model, recipe.seed)
     ckpt.assign_tensors(state.model, model.parameters_and_names(), checkpoint_dir / ckpt.MODEL_FILE)
     model.set_train(False)

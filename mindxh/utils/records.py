@@ -1,13 +1,15 @@
-"""Reading JSONL inputs of the grading commands, with problems named by file and line."""
+"""Reading user-supplied JSONL (graded answers, samples, prompts), each problem named by file and line."""
 from __future__ import annotations
 
 import json
 from typing import Iterator, Mapping
 
+from mindxh.errors import MindxhError, MissingFileError
+
 __all__ = ["JsonlError", "read_records"]
 
 
-class JsonlError(ValueError):
+class JsonlError(MindxhError, ValueError):
     """An input file that cannot be used as given; the message names the file (and line)."""
 
 
@@ -20,7 +22,7 @@ def read_records(path: str, fields: Mapping[str, type]) -> Iterator[tuple[int, d
     try:
         f = open(path, encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise MissingFileError(f"{path}: no such file") from None
     except OSError as exc:
         raise JsonlError(f"{path}: {exc.strerror}") from None
     with f:

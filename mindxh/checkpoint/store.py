@@ -36,6 +36,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from mindxh.errors import MindxhError
 from mindxh.utils.fsio import fsync_path as _fsync_path
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ _FINAL_RE = re.compile(r"^step-(\d{8,})$")
 _TEMP_RE = re.compile(r"^\.step-(\d{8,})\.(tmp|old|del)-(\d+)$")
 
 
-class CheckpointError(Exception):
+class CheckpointError(MindxhError):
     """A checkpoint is missing a file or a file is unreadable/corrupt."""
 
 

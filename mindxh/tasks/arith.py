@@ -1,0 +1,97 @@
+"""The synthetic arithmetic task: problems, splits, seed streams, reward and greedy accuracy.
+
+Problems come from `mindxh.data.synthetic` (deterministic in `(seed, index)`); a question's
+hash decides its split, so a held-out problem is never in any training stream. Each use
+draws from its own seed stream:
+
+* cold-start SFT solutions: `train` split, stream `seed`;
+* GRPO prompts: `train` split, stream `seed + RL_STREAM` (answers only);
+* validation (SFT early stopping, GRPO's curve): `heldout` split, stream `seed + VALIDATION_STREAM`;
+* the test set: `heldout` split, stream `seed`.
+
+The reward is pure Python (it runs on every sampled response): the `<answer>` integer is
+right, plus a bonus for the exact reasoning format. No subprocess, no math-verify: the
+answers are integers, so exact comparison is the check.
+"""
+from __future__ import annotations
+
+import re
+from typing import Protocol, Sequence
+
+from mindxh.data.chat import prompt_ids as chat_prompt_ids
+from mindxh.data.synthetic import Problem, iter_problems
+from mindxh.tasks.format import answer_text, format_ok
+from mindxh.tokenizer import Tokenizer
+
+__all__ = ["RL_STREAM", "VALIDATION_STREAM", "GreedyGenerator", "Problem",
+           "answer_int", "arith_reward", "cold_start_samples", "greedy_accuracy", "heldout_problems",
+           "is_correct", "prompt_ids", "rl_problems"]
+
+RL_STREAM = 7919  # GRPO prompts: another stream than the SFT set's
+VALIDATION_STREAM = 104729  # validation problems: another held-out stream than the test set's
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def answer_int(text: str) -> int | None:
+    """The integer inside `<answer>...</answer>` (`1,234` allowed); None if absent or not an integer."""
+    inner = answer_text(text)
+    if inner is None:
+        return None
+    inner = inner.replace(",", "")
+    return int(inner) if _INT.fullmatch(inner) else None
+
+
+def is_correct(text: str, answer: int) -> bool:
+    """The `<answer>` holds exactly `answer`."""
+    return answer_int(text) == answer
+
+
+def arith_reward(response: str, answer: int, format_weight: float = 0.1) -> float:
+    """1.0 for the right answer, plus `format_weight` if the response has the exact format."""
+    return float(is_correct(response, answer)) + (format_weight if format_ok(response) else 0.0)
+
+
+def heldout_problems(seed: int, level: int, n: int) -> list[Problem]:
+    """The first `n` held-out problems of stream `seed` (never in any training stream)."""
+    it = iter_problems(seed, "heldout", [level])
+    return [next(it)[1] for _ in range(n)]
+
+
+def cold_start_samples(seed: int, level: int, n: int) -> list[dict]:
+    """The worked solutions SFT may use: the first `n` training problems of stream `seed`."""
+    it = iter_problems(seed, "train", [level])
+    return [{"prompt": p.prompt(), "response": p.response()} for _, p in (next(it) for _ in range(n))]
+
+
+def rl_problems(seed: int, level: int, start: int, n: int) -> tuple[list[Problem], int]:
+    """`n` GRPO problems from stream index `start` on; returns them and the next index."""
+    it = iter_problems(seed + RL_STREAM, "train", [level], start)
+    out, next_index = [], start
+    for _ in range(n):
+        index, problem = next(it)
+        out.append(problem)
+        next_index = index + 1
+    return out, next_index
+
+
+def prompt_ids(tok: Tokenizer, problem: Problem) -> list[int]:
+    """The token ids the model is given for `problem` (chat template, user turn only)."""
+    return chat_prompt_ids(tok, problem.prompt())
+
+
+class GreedyGenerator(Protocol):
+    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list: ...
+
+
+def greedy_accuracy(generator: GreedyGenerator, tok: Tokenizer, problems: Sequence[Problem],
+                    max_new_tokens: int) -> tuple[float, list[dict]]:
+    """(accuracy, one record per problem: question, answer, response, correct, format_ok)."""
+    if not problems:
+        raise ValueError("no problems to evaluate")
+    completions = generator.greedy([prompt_ids(tok, p) for p in problems], max_new_tokens)
+    records = [{"question": p.question, "answer": p.answer, "response": c.text,
+                "correct": bool(is_correct(c.text, p.answer)), "format_ok": bool(format_ok(c.text)),
+                "finish_reason": c.finish_reason}
+               for p, c in zip(problems, completions)]
+    return sum(r["correct"] for r in records) / len(records), records
