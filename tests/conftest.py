@@ -1,6 +1,7 @@
 """Shared fixtures: a tokenizer trained once per session, helpers to run the CLI."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +11,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny" / "pretrain.yaml"
+# test_interop_mindformers.py needs mindformers, which pins mindspore 2.9: ci/run.sh runs it in
+# .venv-mf. Without mindformers it is not collected at all (a skip would read as a pass); naming
+# the file on the command line still collects it, and then it fails on the import.
+collect_ignore = [] if importlib.util.find_spec("mindformers") else ["test_interop_mindformers.py"]
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,12 +1,8 @@
-"""Data parallel on CPU with msrun: 2 ranks x 8 rows must train like 1 process x 16 rows."""
+"""Data parallel on CPU (`mindxh launch`, i.e. msrun): 2 ranks x 8 rows must train like
+1 process x 16 rows."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +22,11 @@ COMMON = ("--no-progress", "--max-steps", str(STEPS), "--set", "optim.warmup_ste
           "--set", "train.log_every=1", "--set", "data.heldout_batches=1")
 
 
-def _msrun() -> str | None:
-    bin_dir = os.path.dirname(sys.executable)
-    return shutil.which("msrun", path=bin_dir) or shutil.which("msrun")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_msrun() is None, reason="msrun (installed with mindspore) not found")
 def test_two_rank_data_parallel_matches_one_process_with_the_global_batch(tmp_path, tiny_tokenizer):
     tok = ("--set", f"tokenizer.path={tiny_tokenizer}")
     single = tmp_path / "single"
@@ -50,20 +34,14 @@ def test_two_rank_data_parallel_matches_one_process_with_the_global_batch(tmp_pa
                   "--set", "train.batch_size=16", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
 
-    dp, logs = tmp_path / "dp", tmp_path / "logs"
-    # msrun starts every rank as `python SCRIPT ...` with `python` looked up on PATH.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    cmd = [_msrun(), "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", f"--log_dir={logs}", "--join=True",
-           "--cluster_time_out=120", "python", "-m", "mindxh", "train", str(TINY),
-           "--output-dir", str(dp), *COMMON, *tok,
-           "--set", "parallel.data_parallel=2", "--set", "train.batch_size=8"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    dp = tmp_path / "dp"
+    res = run_cli("launch", "--nproc", "2", str(TINY), "--output-dir", str(dp), *COMMON, *tok,
+                  "--set", "train.batch_size=8", timeout=300)
+    logs = dp / "logs"
     worker = {r: (logs / f"worker_{r}.log").read_text() if (logs / f"worker_{r}.log").exists() else ""
               for r in (0, 1)}
-    assert proc.returncode == 0, (proc.stdout[-2000:] + proc.stderr[-2000:]
-                                  + worker[0][-3000:] + worker[1][-3000:])
+    assert res.returncode == 0, res.stderr[-3000:] + worker[0][-3000:] + worker[1][-3000:]
+    assert res.stdout.startswith(f"done: {STEPS} steps")  # rank 0's summary, relayed once
 
     a, b = _metrics(single), _metrics(dp)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))  # rank 0 only

@@ -91,6 +91,30 @@ def test_cached_logits_equal_recomputing_the_whole_sequence(name, graph_mode):
                                    err_msg=f"decode step {step}")
 
 
+def test_cached_cell_runs_the_decoders_own_weights_under_their_own_names(graph_mode):
+    """The cache cell adds only its caches; the Decoder's parameters keep their names (a
+    checkpoint loads into either) and are shared, so a weight update reaches generation."""
+    from mindxh.models.llama.cache import CachedDecoder
+
+    ms = graph_mode
+    model = _model("qwen-untied")
+    names = [p.name for p in model.get_parameters()]
+    cell = CachedDecoder(model, BATCH, MAX_LEN - 1)
+    assert [p.name for p in model.get_parameters()] == names
+    params = list(cell.get_parameters())
+    assert [p.name for p in params[:len(names)]] == names  # the model's own, not prefixed
+    assert len(params) == len(names) + 2 * model.cfg.num_layers  # plus K and V caches per layer
+    assert [p.name for p in cell.trainable_params()] == names
+    tokens = ms.Tensor(np.array([[2, 9, 4]] * BATCH, np.int32))
+    positions = ms.Tensor(np.tile(np.arange(3, dtype=np.int32), (BATCH, 1)))
+    last = ms.Tensor(np.full(BATCH, 2, np.int32))
+    before = cell(tokens, positions, last).asnumpy()
+    model.norm.weight.set_data(ms.Tensor(np.full(model.cfg.hidden_size, 2.0, np.float32)))
+    after = cell(tokens, positions, last).asnumpy()
+    np.testing.assert_allclose(after, 2.0 * before, rtol=1e-5, atol=1e-5)  # untied head: linear in g
+    np.testing.assert_allclose(after, model(tokens).asnumpy()[:, 2], atol=1e-5, rtol=0)
+
+
 def test_batched_prompts_match_one_by_one_and_greedy_is_deterministic(gen):
     batched = gen.generate(PROMPTS, GREEDY)  # 6 prompts: two chunks of 4, the last padded
     assert gen.last_stats.chunks == 2 and gen.last_stats.new_tokens == 6 * 12

@@ -1,4 +1,6 @@
 """GRPO pieces: group advantages, rollout batches, the clipped objective and its update."""
+import dataclasses
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -82,7 +84,7 @@ def test_objective_with_ratio_one_is_reinforce_with_a_group_baseline(tiny_policy
 
 def test_update_raises_the_probability_of_rewarded_responses(tiny_policy):
     from mindxh.models.llama.model import Decoder
-    from mindxh.rl.objective import GRPOLoss, GRPOStep, TokenLogProbs
+    from mindxh.rl.objective import GRPOLoss, GRPOStats, GRPOStep, TokenLogProbs
     from mindxh.train.optim import AdamW
 
     model = Decoder(tiny_policy.cfg, 1)
@@ -95,10 +97,89 @@ def test_update_raises_the_probability_of_rewarded_responses(tiny_policy):
     old = logprobs(ids, tgt)  # behaviour policy, fixed for all passes over this batch
     clip_seen = 0.0
     for _ in range(4):  # several passes on one batch: the ratio moves and clipping engages
-        out = step(ids, tgt, mask, adv, old, old)
-        clip_seen = max(clip_seen, float(out[2].asnumpy()))
-        assert bool(out[5].asnumpy())
+        stats = GRPOStats.of(step(ids, tgt, mask, adv, old, old))
+        clip_seen = max(clip_seen, stats.clip_fraction)
+        assert stats.ok and stats.grad_norm >= 0 and 0 < stats.lr <= 1e-2
     after = (logprobs(ids, tgt).asnumpy() * mask.asnumpy()).sum(1)
     delta = after - before
     assert delta[0] > 0 and delta[2] > 0 and delta[1] < 0 and delta[3] < 0
     assert clip_seen > 0
+
+
+def test_grpo_refuses_a_directory_with_a_previous_run(tmp_path):
+    """The shared run directory guard: one error class, raised before anything is built."""
+    from mindxh.checkpoint.store import save_checkpoint
+    from mindxh.config.schema import Recipe
+    from mindxh.errors import MindxhError
+    from mindxh.rl.grpo import GRPOTrainer
+    from mindxh.train.run import TrainingError
+
+    zeros = {"w": np.zeros(2, np.float32)}
+    save_checkpoint(tmp_path, 1, zeros, zeros, {}, "name: r\n", keep_last=1)
+    with pytest.raises(TrainingError, match="already holds checkpoints") as err:
+        GRPOTrainer(Recipe(), None, tmp_path / "sft", tmp_path).run([])
+    assert isinstance(err.value, MindxhError)
+
+
+class _IdsTokenizer:
+    """Ids as text; stop ids outside the vocabulary, so every row samples all its tokens."""
+
+    eos_id = 1000
+
+    def piece_to_id(self, piece: str) -> int:
+        return 1001
+
+    def decode(self, ids) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+def test_loss_and_old_logprobs_score_the_tempered_distribution_that_was_sampled(tiny_policy):
+    """grpo.temperature 0.7: the old log-probs, the loss's log-probs and the sampler's
+    distribution are one and the same, so the first pass has ratio exactly 1."""
+    from mindxh.generate.generator import Generator
+    from mindxh.generate.sampling import SamplingConfig, log_probs
+    from mindxh.models.llama.model import Decoder
+    from mindxh.rl.objective import GRPOLoss, TokenLogProbs
+
+    temperature = 0.7
+    model = Decoder(dataclasses.replace(tiny_policy.cfg, init_std=0.3), 3)  # a peaked policy
+    prompts = [[2, 11, 30], [2, 11, 30], [2, 5, 9, 14], [2, 5, 9, 14]]
+    gen = Generator(model, _IdsTokenizer(), 4, 25, prompt_bucket=8)
+    completions = gen.generate(prompts, SamplingConfig(max_new_tokens=10, temperature=temperature,
+                                                       seed=7))
+    adv = np.array([[1.0, -1.0], [0.5, -0.5]], np.float32)
+    batch = build_batch(prompts, [c.ids for c in completions], adv, np.array([True, True]), 24)
+    ids, tgt = ms.Tensor(batch.input_ids), ms.Tensor(batch.targets)
+    mask, m = ms.Tensor(batch.mask), batch.mask.astype(bool)
+
+    old = TokenLogProbs(model, temperature)(ids, tgt).asnumpy()
+    loss_cell = GRPOLoss(model, 0.2, 0.0, temperature)
+    new = loss_cell.logprobs(ids, tgt).asnumpy()
+    assert np.abs(new - old)[m].max() < 1e-5
+    np.testing.assert_allclose(np.exp(new - old)[m], 1.0, atol=1e-5)  # the ratio at the first pass
+    loss, _, clip = loss_cell(ids, tgt, mask, ms.Tensor(batch.advantages), ms.Tensor(old),
+                              ms.Tensor(old))
+    expected = -(batch.advantages[:, None] * batch.mask).sum() / batch.mask.sum()
+    assert np.isclose(float(loss.asnumpy()), expected, atol=1e-5) and float(clip.asnumpy()) == 0.0
+
+    # ... and it is the sampler's distribution: softmax(logits / 0.7) at each sampled token
+    logits = model(ids).asnumpy()
+    rows, cols = np.nonzero(m)
+    tokens = batch.targets[rows, cols]
+    sampler = log_probs(logits[rows, cols], tokens, temperature)
+    np.testing.assert_allclose(old[rows, cols], sampler, atol=1e-5)
+    untempered = log_probs(logits[rows, cols], tokens, 1.0)
+    assert np.abs(untempered - sampler).max() > 1e-2  # temperature 1 would be another distribution
+    # `Completion.logprobs` are that temperature-1 distribution (from the cached decoder), which
+    # is why GRPO does not take them as its old log-probs
+    recorded = np.concatenate([c.logprobs for c in completions])
+    np.testing.assert_allclose(recorded, TokenLogProbs(model)(ids, tgt).asnumpy()[m], atol=1e-4)
+
+
+def test_top_p_below_one_is_refused_by_the_recipe_check():
+    from mindxh.config.errors import InvalidValue
+    from mindxh.config.post_training import GRPOConfig
+
+    GRPOConfig(top_p=1.0, temperature=0.7).check()
+    with pytest.raises(InvalidValue, match="would optimise a different distribution"):
+        GRPOConfig(top_p=0.9).check()

@@ -1,10 +1,10 @@
 """The package's layers: no module imports one from a layer above its own.
 
-Order (low to high): errors, config, utils, data / tokenizer / tasks, models, checkpoint,
-train / generate / rewards, rl / eval / export, pipeline, cli (and `python -m
-mindxh`). Imports inside functions
-count too (a lazy import is still a dependency). Same-layer imports are allowed, as long
-as the packages of a layer do not import each other in a circle.
+Order (low to high): errors; config; utils; data / tokenizer / tasks; models;
+checkpoint / parallel; train / generate / rewards; rl / eval / export / interop / planner;
+pipeline / launch / bench; cli (and `python -m mindxh`). Imports inside functions count
+too (a lazy import is still a dependency). Same-layer imports are allowed, as long as the
+packages of a layer do not import each other in a circle.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ LAYERS = [
     {"utils"},
     {"data", "tokenizer", "tasks"},
     {"models"},
-    {"checkpoint"},
+    {"checkpoint", "parallel"},
     {"train", "generate", "rewards"},
-    {"rl", "eval", "export"},
-    {"pipeline"},
+    {"rl", "eval", "export", "interop", "planner"},
+    {"pipeline", "launch", "bench"},
     {"cli", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

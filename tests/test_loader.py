@@ -3,7 +3,6 @@ resume (in the loader and end to end through the trainer), and refusals before c
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -334,31 +333,15 @@ def test_trainer_refuses_mismatched_data_before_compute(tmp_path, tiny_tokenizer
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
-def _msrun():
-    from test_data_parallel import _msrun as find
-    return find()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_msrun() is None, reason="msrun (installed with mindspore) not found")
 def test_two_rank_resume_serves_the_uninterrupted_samples(tmp_path, tiny_tokenizer, tiny_data):
     """2 ranks x 4 rows: (run to step 3, resume to 6) == an uninterrupted 2-rank run to 6, and
     the two ranks' rows are disjoint and together exactly those of 1 process x 8 rows."""
-    from test_data_parallel import _free_port
 
     def two_ranks(out, steps, *extra):
-        logs = tmp_path / f"logs-{out.name}-{steps}"
-        env = {**os.environ, **RECORD, "PYTHONUNBUFFERED": "1",
-               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-        cmd = [_msrun(), "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", f"--log_dir={logs}", "--join=True",
-               "--cluster_time_out=120", "python", "-m", "mindxh",
-               *_prepared_args(tiny_tokenizer, tiny_data, out, steps), *extra,
-               "--set", "parallel.data_parallel=2"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-        worker = "".join((logs / f"worker_{r}.log").read_text() for r in (0, 1)
-                         if (logs / f"worker_{r}.log").exists())
-        assert proc.returncode == 0, proc.stdout[-2000:] + worker[-4000:]
+        train_args = _prepared_args(tiny_tokenizer, tiny_data, out, steps)[1:]  # drop "train"
+        res = run_cli("launch", "--nproc", "2", *train_args, *extra, env=RECORD, timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
     single = tmp_path / "single"
     res = run_cli(*_prepared_args(tiny_tokenizer, tiny_data, single), "--set", "train.batch_size=8",

@@ -52,6 +52,22 @@ def test_parameter_count_is_exact(name, ms_pynative):
     assert counts["non_embedding"] == counts["total"] - 97 * 32
 
 
+def test_parameter_names_are_stable(ms_pynative):
+    """Checkpoints are keyed by these names: a restructuring of the cells must keep them."""
+    from mindxh.models.llama.model import Decoder
+
+    cfg = ModelConfig(vocab_size=61, hidden_size=32, num_heads=4, intermediate_size=48,
+                      num_layers=2, max_seq_len=16, num_kv_heads=2, qkv_bias=True, qk_norm=True,
+                      tie_embeddings=False)
+    layer = ["attn_norm.weight", "attn.wq.weight", "attn.wq.bias", "attn.wk.weight", "attn.wk.bias",
+             "attn.wv.weight", "attn.wv.bias", "attn.wo.weight", "attn.q_norm.weight",
+             "attn.k_norm.weight", "mlp_norm.weight", "mlp.gate.weight", "mlp.up.weight",
+             "mlp.down.weight"]
+    expected = (["embed.weight"] + [f"layers.{i}.{n}" for i in range(2) for n in layer]
+                + ["norm.weight", "lm_head.weight"])
+    assert [p.name for p in Decoder(cfg, seed=0).get_parameters()] == expected
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_causal_and_deterministic(name, ms_pynative):
     from mindxh.models.llama.model import Decoder

@@ -10,7 +10,7 @@ TOY = [
     "train.checkpoint_every=4", "sft.cold_start_examples=40", "sft.max_steps=4",
     "sft.batch_size=8", "sft.eval_every=2", "sft.eval_problems=8", "sft.stop_at_accuracy=0",
     "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=16",
-    "grpo.eval_every=1", "grpo.checkpoint_every=1", "evaluation.problems=8",
+    "grpo.eval_every=1", "grpo.eval_problems=4", "grpo.checkpoint_every=1", "evaluation.problems=8",
     "evaluation.batch_size=8", "evaluation.max_new_tokens=16",
     "pipeline.control_shuffled_rewards=true", "pipeline.control_more_sft=true",
 ]
@@ -52,6 +52,24 @@ def test_every_stage_runs_and_the_report_has_the_figures(toy_run):
     samples = (out / "eval" / "grpo_samples.jsonl").read_text().splitlines()
     assert len(samples) == 8 and "correct" in json.loads(samples[0])
     assert "held-out accuracy: SFT" in proc.stdout
+    # intervals on the test set: Wilson per model, paired for the gain
+    for key in ("sft_ci95", "grpo_ci95", "gain_ci95", "controls_ci95", "controls_gain_points"):
+        assert report[key], key
+    low, high = report["grpo_ci95"]
+    assert 0.0 <= low <= report["grpo_accuracy"] <= high <= 1.0
+    assert report["gain_ci95"][0] <= report["gain_points"] <= report["gain_ci95"][1]
+    evaluated = json.loads((out / "stages" / "eval.json").read_text())
+    assert [json.loads(x)["correct"] for x in samples] == [
+        c == "1" for c in evaluated["correct"]["grpo"]]
+    # every stage records the inputs it ran with; none is left "started"
+    for stage in report["stage_wall_s"]:
+        recorded = json.loads((out / "stages" / f"{stage}.json").read_text())
+        assert recorded["inputs"] and len(recorded["fingerprint"]) == 16
+        assert not (out / "stages" / f"{stage}.started.json").exists()
+    sft = json.loads((out / "stages" / "sft.json").read_text())
+    assert "sft.cold_start_examples" in sft["inputs"] and "stage pretrain" in sft["inputs"]
+    judged = [json.loads(x) for x in (out / "sft" / "validation.jsonl").read_text().splitlines()]
+    assert [j["step"] for j in judged] == [c["step"] for c in sft["curve"]] == [2, 4]
 
 
 def test_a_rerun_skips_finished_stages_and_restart_redoes_them(toy_run):
@@ -68,38 +86,36 @@ def test_a_rerun_skips_finished_stages_and_restart_redoes_them(toy_run):
     assert redo.stderr.count("already done") == 6 and "stage export: done" in redo.stderr
 
 
-def test_a_different_recipe_in_the_same_directory_is_refused(toy_run):
+def test_changed_inputs_are_refused_naming_the_key_and_the_stage_to_redo(toy_run):
     out, _ = toy_run
     proc = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(out),
                    *_sets(TOY + ["grpo.lr=1e-4"]), timeout=120)
     assert proc.returncode == 2
-    assert "different recipe" in proc.stderr
+    assert "stage grpo ran with other inputs" in proc.stderr
+    assert "grpo.lr: 5e-05 -> 0.0001" in proc.stderr and "--restart-from grpo" in proc.stderr
 
 
 def test_grpo_resumed_from_its_checkpoint_matches_an_uninterrupted_run(toy_run, tmp_path):
-    import copy
-
     import mindspore as ms
     import numpy as np
 
     from mindxh.checkpoint.store import latest_checkpoint, load_checkpoint
     from mindxh.config import load_recipe
+    from mindxh.pipeline.recipes import model_recipe, with_overrides
     from mindxh.rl.grpo import GRPOTrainer
     from mindxh.tasks.arith import heldout_problems
     from mindxh.tokenizer import Tokenizer
 
     out, _ = toy_run
     ms.set_context(mode=ms.GRAPH_MODE)
-    recipe = load_recipe(out / "recipe.yaml")
-    recipe.tokenizer.path = str(out / "tokenizer.model")
-    tok = Tokenizer.load(recipe.tokenizer.path)
-    recipe.model.vocab_size = tok.vocab_size
+    tok = Tokenizer.load(out / "tokenizer.model")
+    recipe = model_recipe(load_recipe(out / "recipe.yaml"), out / "tokenizer.model", tok.vocab_size)
     sft = json.loads((out / "stages" / "sft.json").read_text())["checkpoint"]
     val = heldout_problems(1, recipe.sft.level, 2)
 
     def run(steps, where, resume=False):
-        r = copy.deepcopy(recipe)
-        r.grpo.steps, r.grpo.checkpoint_every, r.grpo.eval_every = steps, 1, 0
+        r = with_overrides(recipe, {"grpo.steps": steps, "grpo.checkpoint_every": 1,
+                                    "grpo.eval_every": 0})
         GRPOTrainer(r, tok, Path(sft), where, resume=resume).run(val)
         return load_checkpoint(latest_checkpoint(where))
 
@@ -111,3 +127,80 @@ def test_grpo_resumed_from_its_checkpoint_matches_an_uninterrupted_run(toy_run, 
         assert np.array_equal(value, resumed.model[name]), name
     for name, value in whole.optimizer.items():
         assert np.array_equal(value, resumed.optimizer[name]), name
+
+
+class _Killed(Exception):
+    """Stands for a kill -9 in the middle of a stage."""
+
+
+# -- SFT stops at the threshold, and a killed SFT stops at the same checkpoint -------------
+def test_sft_stops_at_the_threshold_and_a_killed_run_resumes_to_the_same_checkpoint(
+        toy_run, tmp_path, monkeypatch):
+    import shutil
+
+    import numpy as np
+
+    from mindxh.checkpoint.store import complete_checkpoints, load_checkpoint
+    from mindxh.config import load_recipe
+    from mindxh.pipeline import sft as sft_stage
+    from mindxh.pipeline.context import Context
+    from mindxh.pipeline.recipes import with_overrides
+
+    out, _ = toy_run
+    pretrain = Context(load_recipe(out / "recipe.yaml"), out).load("pretrain")
+    judged = []
+
+    class FakeEvaluator:
+        """Validation accuracy by step: 0.5 from step 6 on. With `kill_at`, the run dies once
+        between writing that checkpoint and judging it."""
+
+        kill_at = None
+
+        def __init__(self, ctx):
+            pass
+
+        def accuracy(self, checkpoint, problems):
+            step = int(Path(checkpoint).name.split("-")[-1])
+            if step == FakeEvaluator.kill_at:
+                FakeEvaluator.kill_at = None
+                raise _Killed
+            judged.append(step)
+            return 0.5 if step >= 6 else 0.1
+
+    monkeypatch.setattr(sft_stage, "Evaluator", FakeEvaluator)
+
+    def context(where: Path) -> Context:
+        recipe = with_overrides(load_recipe(out / "recipe.yaml"), {
+            "output_dir": str(where), "sft.max_steps": 10, "sft.eval_every": 2,
+            "sft.stop_at_accuracy": 0.45})
+        where.mkdir(exist_ok=True)
+        shutil.copy(out / "tokenizer.model", where / "tokenizer.model")
+        ctx = Context(recipe, where)
+        ctx.results["pretrain"] = pretrain
+        return ctx
+
+    whole = sft_stage.run_sft(context(tmp_path / "whole"))
+    assert (whole.step, whole.steps_run, whole.val_accuracy) == (6, 6, 0.5)
+    assert [c.step for c in whole.curve] == judged == [2, 4, 6]
+    assert [s for s, _ in complete_checkpoints(tmp_path / "whole" / "sft")] == [2, 4, 6]  # stopped
+
+    judged.clear()
+    FakeEvaluator.kill_at = 4
+    split = context(tmp_path / "split")
+    with pytest.raises(_Killed):
+        sft_stage.run_sft(split)
+    assert judged == [2] and [s for s, _ in complete_checkpoints(tmp_path / "split" / "sft")] == [2, 4]
+    resumed = sft_stage.run_sft(split)  # judges step 4 first, then trains 5-6 and stops
+    assert judged == [2, 4, 6] and (resumed.step, resumed.steps_run) == (6, 6)
+    assert [c.step for c in resumed.curve] == [2, 4, 6]
+    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert a.step == b.step == 6
+    for name, value in a.model.items():
+        assert np.array_equal(value, b.model[name]), name
+    for name, value in a.optimizer.items():
+        assert np.array_equal(value, b.optimizer[name]), name
+
+    judged.clear()  # killed after judging the kept checkpoint: nothing more to train or judge
+    again = sft_stage.run_sft(split)
+    assert judged == [] and again.checkpoint == resumed.checkpoint
+    assert [s for s, _ in complete_checkpoints(tmp_path / "split" / "sft")] == [2, 4, 6]

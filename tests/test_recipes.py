@@ -211,3 +211,37 @@ def test_datasets_are_a_typed_list_whose_items_are_checked_like_sections(tmp_pat
 def test_prepared_data_mistakes_name_the_key(tmp_path, override, key, needle, where):
     msg = error_of(write(tmp_path, "r.yaml", PREPARED.replace("wieght", "weight")), [override])
     assert msg.startswith(key) and needle in msg and where in msg
+
+
+def test_a_parallel_plan_names_every_broken_rule_at_once():
+    msg = error_of(TINY, ["parallel.tensor=3", "parallel.pipeline=3", "parallel.micro_batches=2",
+                          "cluster.devices=5"])
+    assert msg.startswith("5 problems:")
+    for needle in ("tensor=3 does not divide model.num_heads=4",
+                   "tensor=3 does not divide model.num_kv_heads=2",
+                   "pipeline=3 does not divide model.num_layers=2",
+                   "micro_batches=2 < pipeline=3",
+                   "devices=5 but data_parallel x tensor x pipeline = 1 x 3 x 3 = 9"):
+        assert needle in msg, msg
+    assert "(--set parallel.tensor=3)" in msg
+
+
+def test_a_valid_plan_and_its_device_count():
+    r = load_recipe(TINY, ["parallel.tensor=2", "parallel.pipeline=2", "parallel.micro_batches=4",
+                           "parallel.data_parallel=4", "cluster.devices=16",
+                           "parallel.sequence_parallel=true"])
+    assert r.parallel.devices == 16
+
+
+@pytest.mark.parametrize("overrides, key, needle", [
+    (["precision.compute_dtype=bfloat16"], "precision.compute_dtype", "no CPU kernels"),
+    (["precision.compute_dtype=float16"], "precision.loss_scale", "needs loss scaling"),
+    (["parallel.sequence_parallel=true"], "parallel.sequence_parallel", "needs parallel.tensor > 1"),
+    (["parallel.expert=2", "parallel.data_parallel=2"], "parallel.expert", "mixture-of-experts"),
+    (["parallel.optimizer_shard=zero1"], "parallel.optimizer_shard", "needs data_parallel > 1"),
+    (["compile.max_device_memory=lots"], "compile.max_device_memory", "58GB"),
+    (["compile.precision_mode=fastest"], "compile.precision_mode", "must_keep_origin_dtype"),
+])
+def test_scale_out_settings_are_checked(overrides, key, needle):
+    msg = error_of(TINY, overrides)
+    assert key in msg and needle in msg, msg

@@ -225,3 +225,91 @@ def test_init_from_problems_are_one_line_errors(tmp_path, tiny_tokenizer, straig
                  "--set", override.format(missing=tmp_path / "missing"))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "train.init_from=" in res.stderr and needle in res.stderr
+
+
+# -- the run component shared with GRPO (mindxh/train/run.py), in process ---------------------
+@pytest.fixture
+def mode_kept():
+    """RunDir.open configures MindSpore process-wide; give later tests back their mode."""
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    yield
+    ms.set_context(mode=previous)
+
+
+def _tiny_model_and_optimizer():
+    from mindxh.config.schema import ModelConfig, OptimConfig
+    from mindxh.models.llama.model import Decoder
+    from mindxh.train.optim import AdamW
+
+    cfg = ModelConfig(vocab_size=40, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                      intermediate_size=64, max_seq_len=32)
+    model = Decoder(cfg, 0)
+    return model, AdamW(model.trainable_params(), OptimConfig(), 10)
+
+
+def test_run_dir_keeps_the_last_checkpoints_and_resumes_tensors_state_and_metrics(tmp_path, mode_kept):
+    from dataclasses import replace
+
+    import mindspore as ms
+
+    from mindxh.config.schema import Recipe
+    from mindxh.train.metrics import read_metrics
+    from mindxh.train.run import RunDir, TrainingError
+
+    recipe = Recipe()
+    recipe = replace(recipe, train=replace(recipe.train, keep_last=2))
+    out = tmp_path / "run"
+    run = RunDir.open(out, recipe, resume=False).start("name: r\n", *_tiny_model_and_optimizer(),
+                                                      load_state=pytest.fail)
+    assert run.step == 0 and not run.resumed
+    for step in (1, 2, 3):
+        for _, p in [*run.model.parameters_and_names(), *run.optimizer.state_parameters()]:
+            p.set_data(ms.Tensor(p.asnumpy() + 1))
+        run.log_metrics({"step": step, "loss": float(step)})
+        run.save(step, lambda: {"cursor": step})
+    run.log_metrics({"step": 4, "loss": 4.0})  # past the newest checkpoint: dropped on resume
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-00000002", "step-00000003"]  # train.keep_last
+    with pytest.raises(TrainingError, match="--resume"):
+        RunDir.open(out, recipe, resume=False)
+
+    (out / "checkpoints" / ".step-00000004.tmp-1").mkdir()  # a save killed mid-write
+    seen = []
+    again = RunDir.open(out, recipe, resume=True).start("name: r\n", *_tiny_model_and_optimizer(),
+                                                        load_state=seen.append)
+    assert again.step == 3 and again.resumed and seen == [{"cursor": 3}]
+    assert not (out / "checkpoints" / ".step-00000004.tmp-1").exists()
+    for a, b in [(run.model.parameters_and_names(), again.model.parameters_and_names()),
+                 (run.optimizer.state_parameters(), again.optimizer.state_parameters())]:
+        for (name, x), (_, y) in zip(a, b):
+            assert np.array_equal(x.asnumpy(), y.asnumpy()), name
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_non_finite_step_is_a_training_error():
+    from mindxh.errors import MindxhError
+    from mindxh.train.run import TrainingError, check_finite
+
+    check_finite(True, 1.0, 2.0, 5, "unused")
+    with pytest.raises(TrainingError, match=r"gradient norm \(inf\) at step 5; .* Lower it\.$"):
+        check_finite(False, 1.0, float("inf"), 5, "Lower it.")
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        check_finite(True, float("nan"), 1.0, 1, "")
+    assert issubclass(TrainingError, MindxhError)
+
+
+def test_the_trainer_resolves_a_copy_and_leaves_the_callers_recipe_as_given(tiny_tokenizer):
+    from dataclasses import replace
+
+    from mindxh.config import load_recipe
+    from mindxh.tokenizer import Tokenizer
+    from mindxh.train.trainer import TrainingError, _resolve
+
+    recipe, tok = load_recipe(TINY), Tokenizer.load(tiny_tokenizer)
+    resolved = _resolve(recipe, tok)
+    assert recipe.model.vocab_size is None and resolved.model.vocab_size == tok.vocab_size
+    assert resolved.train is recipe.train  # nothing else is copied or changed
+    with pytest.raises(TrainingError, match="smaller than the tokenizer's"):
+        _resolve(replace(recipe, model=replace(recipe.model, vocab_size=8)), tok)

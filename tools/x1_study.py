@@ -1,36 +1,110 @@
 """The tiny X1 pipeline over several seeds, with both controls; prints every figure.
 
-    python tools/x1_study.py [--seeds 0 1] [--out runs/x1-study] [--set k=v ...]
+    python tools/x1_study.py [--seeds 0 1 2] [--out runs/x1-study] [--set k=v ...]
 
-Each seed is one `mindxh pipeline recipes/tiny/x1.yaml` run (resumable: a finished seed is
-not recomputed). The table printed at the end, and written to OUT/study.md, is what the
-README quotes: held-out accuracy after SFT and after GRPO, the GRPO gain, the two controls
-(rewards shuffled across the batch; more SFT on the cold-start set for GRPO's wall time)
-and the wall time of the main pipeline (controls excluded).
+Each seed is one `mindxh pipeline recipes/tiny/x1.yaml` run into OUT/seed<N> (resumable:
+a finished seed is not recomputed; one whose recipe changed is refused by the pipeline,
+naming the key, unless the stages are redone). The table printed at the end, and written
+to OUT/study.md (OUT/study.json holds the numbers), is what the README quotes: per seed,
+test accuracy after SFT and after GRPO with 95% intervals, the GRPO gain with its paired
+interval, the two controls (rewards shuffled across the batch; more SFT on the cold-start
+set for GRPO's wall time), the SFT step kept and the wall time of the main pipeline
+(controls excluded); then mean, standard deviation (n - 1) and min/max over the seeds.
+One seed is not a claim: the study refuses fewer than two, and says how many seeds' paired
+interval of the gain lies above zero.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# column -> how to read it from report.json (None: not measured in that run)
+COLUMNS = {
+    "SFT": lambda r: _pts(r["sft_accuracy"]),
+    "GRPO": lambda r: _pts(r["grpo_accuracy"]),
+    "gain": lambda r: r["gain_points"],
+    "shuffled rewards": lambda r: _pts(r["controls"].get("shuffled_rewards")),
+    "more SFT": lambda r: _pts(r["controls"].get("more_sft")),
+    "SFT step": lambda r: (r.get("sft") or {}).get("step"),
+    "wall (s)": lambda r: sum(v for k, v in r["stage_wall_s"].items() if k != "controls" and v),
+}
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+def _pts(x):
+    return None if x is None else 100 * x
+
+
+def _ci(pair, scale=100.0) -> str:
+    return "" if not pair else f" [{scale * pair[0]:.1f}, {scale * pair[1]:.1f}]"
+
+
+def _cell(column: str, r: dict) -> str:
+    value = COLUMNS[column](r)
+    if value is None:
+        return "n/a"
+    if column == "SFT":
+        return f"{value:.1f}{_ci(r.get('sft_ci95'))}"
+    if column == "GRPO":
+        return f"{value:.1f}{_ci(r.get('grpo_ci95'))}"
+    if column == "gain":
+        return f"{value:+.1f}{_ci(r.get('gain_ci95'), 1.0)}"
+    if column in ("shuffled rewards", "more SFT"):
+        key = "shuffled_rewards" if column == "shuffled rewards" else "more_sft"
+        return f"{value:.1f}{_ci((r.get('controls_ci95') or {}).get(key))}"
+    return f"{value:.0f}"
+
+
+def summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """column -> mean, std (n - 1; None with one value), min, max over the seeds measured."""
+    out = {}
+    for column, read in COLUMNS.items():
+        values = [v for v in (read(r) for r in rows) if v is not None]
+        out[column] = {"n": len(values),
+                       "mean": statistics.fmean(values) if values else None,
+                       "std": statistics.stdev(values) if len(values) > 1 else None,
+                       "min": min(values) if values else None,
+                       "max": max(values) if values else None}
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    stats = summary(rows)
+    head = ["seed", *COLUMNS]
+    lines = ["Test accuracy in % (95% Wilson interval); gain in points (95% paired interval).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([str(r["seed"])] + [_cell(c, r) for c in COLUMNS]) + " |"
+              for r in rows]
+    for stat in ("mean", "std", "min", "max"):
+        cells = [("n/a" if stats[c][stat] is None else
+                  f"{stats[c][stat]:+.1f}" if c == "gain" and stat != "std" else
+                  f"{stats[c][stat]:.1f}") for c in COLUMNS]
+        lines.append(f"| {stat} | " + " | ".join(cells) + " |")
+    above = sum(1 for r in rows if r.get("gain_ci95") and r["gain_ci95"][0] > 0)
+    g = stats["gain"]
+    if g["mean"] is not None:
+        spread = ("" if g["std"] is None else
+                  f" (std {g['std']:.1f}, min {g['min']:+.1f}, max {g['max']:+.1f})")
+        lines += ["", f"GRPO gain over {g['n']} seeds: mean {g['mean']:+.1f} points{spread}; "
+                      f"paired 95% interval above zero in {above} of {len(rows)} seeds."]
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(REPO / "recipes/tiny/x1.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/x1-study")
     parser.add_argument("--no-controls", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    if len(set(args.seeds)) < 2:
+        parser.error("give at least two seeds (three or more for a claim): one seed has no spread")
     rows = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
@@ -45,18 +119,13 @@ def main() -> int:
             print(f"seed {seed}: the pipeline failed", file=sys.stderr)
             return 1
         rows.append(json.loads((out / "report.json").read_text()))
-    lines = ["| seed | SFT | GRPO | gain (points) | shuffled rewards | more SFT | pipeline wall (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        main_wall = sum(v for k, v in r["stage_wall_s"].items() if k != "controls" and v)
-        lines.append(f"| {r['seed']} | {_pct(r['sft_accuracy'])} | {_pct(r['grpo_accuracy'])} | "
-                     f"{r['gain_points']:+.1f} | {_pct(r['controls'].get('shuffled_rewards'))} | "
-                     f"{_pct(r['controls'].get('more_sft'))} | {main_wall:.0f} |")
-    gains = [r["gain_points"] for r in rows]
-    lines += ["", f"mean GRPO gain over {len(rows)} seeds: {sum(gains) / len(gains):+.1f} points"]
-    text = "\n".join(lines)
+    text = table(rows)
     print(text)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "study.md").write_text(text + "\n")
+    (Path(args.out) / "study.json").write_text(json.dumps(
+        {"seeds": args.seeds, "overrides": args.overrides, "summary": summary(rows),
+         "runs": rows}, indent=2, sort_keys=True) + "\n")
     return 0
 
 

@@ -43,19 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindxh.data.prepare import PrepareError, prepare
-    from mindxh.data.shards import ShardError
+    from mindxh.data.prepare import prepare
 
     argv = sys.argv[1:]
     command = shlex.join(["mindxh", *argv]) if "prepare" in argv else _canonical(args)
-    try:
-        m = prepare(args.inputs, args.out, args.tokenizer, kind=args.kind, seq_len=args.seq_len,
-                    workers=args.workers, strict=args.strict, rows_per_shard=args.rows_per_shard,
-                    max_doc_chars=args.max_doc_chars, overwrite=args.overwrite,
-                    progress=not args.no_progress, command=command)
-    except (PrepareError, ShardError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    m = prepare(args.inputs, args.out, args.tokenizer, kind=args.kind, seq_len=args.seq_len,
+                workers=args.workers, strict=args.strict, rows_per_shard=args.rows_per_shard,
+                max_doc_chars=args.max_doc_chars, overwrite=args.overwrite,
+                progress=not args.no_progress, command=command)
     skipped = sum(m["skipped"].values())
     print(f"done: {m['documents']:,} documents, {m['tokens']:,} tokens ({m['loss_tokens']:,} with loss), "
           f"{m['rows']:,} rows of {m['seq_len']} in {len(m['shards'])} shard(s), "

@@ -6,7 +6,6 @@ sandbox); `--checkpoint` generates them with a trained model first (mindxh.eval.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 TASKS = ("arith", "gsm8k", "humaneval")
@@ -49,9 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.checkpoint is not None:
-        from mindxh.eval.runner import run_eval
+        from mindxh.eval.runner import EvalOptions, run_eval
 
-        print(run_eval(args))
+        print(run_eval(EvalOptions(
+            task=args.task, checkpoint=args.checkpoint, out=args.out, limit=args.limit,
+            level=args.level, data=args.data, samples_per_task=args.samples_per_task, k=args.k,
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+            batch_size=args.batch_size, seed=args.seed, workers=args.workers, timeout=args.timeout)))
         return 0
     if args.task != "humaneval":
         hint = ("use `mindxh grade gsm8k FILE` for existing answers" if args.task == "gsm8k"
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _humaneval_samples(args: argparse.Namespace) -> int:
     from mindxh.eval.humaneval import evaluate, load_problems, pass_at_k
+    from mindxh.utils.fsio import write_jsonl
     from mindxh.utils.records import JsonlError, read_records
 
     problems = load_problems()
@@ -80,9 +84,7 @@ def _humaneval_samples(args: argparse.Namespace) -> int:
         raise JsonlError(f"{args.samples}: no samples")
     records = evaluate(samples, problems, workers=args.workers, timeout_s=args.timeout)
     out = args.out or f"{args.samples}_results.jsonl"
-    with open(out, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_jsonl(out, records)
     attempted = len({r["task_id"] for r in records})
     scores = pass_at_k(records, args.k)
     for k in args.k:

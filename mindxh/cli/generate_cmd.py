@@ -1,5 +1,9 @@
 """`mindxh generate --checkpoint PATH --prompt TEXT ...`: complete prompts with a trained model.
 
+`--mindir DIR` runs the graphs `mindxh export` wrote instead (no recipe, no checkpoint: only
+DIR's manifest, .mindir files and tokenizer), through the same host loop, so greedy decoding
+gives the same tokens. The cache length is then the export's `max_len`.
+
 Each prompt is formatted as the chat template's single user turn (`prompt_ids`), so the
 model answers it the way it was trained to. Completions go to stdout (text, or JSON lines
 with `--json`); speed goes to the log on stderr.
@@ -9,16 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
+
+from mindxh.errors import MindxhError
 
 log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("generate", help="complete prompts with a trained checkpoint")
-    parser.add_argument("--checkpoint", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint",
                         help="a run directory (its newest checkpoint) or RUN/checkpoints/step-N")
+    source.add_argument("--mindir", type=Path, help="a directory written by `mindxh export`")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path,
                         help='JSON lines, each {"prompt": TEXT} or a JSON string')
@@ -34,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-class _UsageError(Exception):
-    pass
+class PromptError(MindxhError):
+    """Prompts or options of `mindxh generate` that cannot be used as given."""
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -44,7 +51,7 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
         try:
             lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise _UsageError(f"--prompts-file {args.prompts_file}: {exc.strerror}") from None
+            raise PromptError(f"--prompts-file {args.prompts_file}: {exc.strerror}") from None
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -52,14 +59,14 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
             try:
                 item = json.loads(line)
             except ValueError:
-                raise _UsageError(f"{where}: not valid JSON") from None
+                raise PromptError(f"{where}: not valid JSON") from None
             if isinstance(item, dict):
                 item = item.get("prompt")
             if not isinstance(item, str):
-                raise _UsageError(f'{where}: expected {{"prompt": TEXT}} or a JSON string')
+                raise PromptError(f'{where}: expected {{"prompt": TEXT}} or a JSON string')
             prompts.append(item)
     if not prompts:
-        raise _UsageError("no prompts: pass --prompt TEXT or --prompts-file FILE.jsonl")
+        raise PromptError("no prompts: pass --prompt TEXT or --prompts-file FILE.jsonl")
     return prompts
 
 
@@ -71,35 +78,36 @@ def _configure(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindxh.generate import GenerationError, Generator, SamplingConfig
+    from mindxh.generate import Generator, SamplingConfig
 
-    try:
-        cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-        if args.batch_size < 1:
-            raise _UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-        texts = _read_prompts(args)
-    except (ValueError, _UsageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.batch_size < 1:
+        raise PromptError(f"--batch-size must be >= 1, got {args.batch_size}")
+    texts = _read_prompts(args)
 
-    from mindxh.checkpoint.inference import load_for_inference
     from mindxh.data.chat import prompt_ids
 
     _configure(args)
-    model, tok, recipe, checkpoint_dir = load_for_inference(args.checkpoint)
-    prompts = [prompt_ids(tok, t) for t in texts]
-    # the cache as long as this call needs, within what the model's positions allow
-    max_len = min(max(len(p) for p in prompts) + cfg.max_new_tokens, recipe.model.max_seq_len + 1)
-    try:
-        generator = Generator(model, tok, min(args.batch_size, len(prompts)), max_len)
-        completions = generator.generate(prompts, cfg)
-    except GenerationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    batch_size = min(args.batch_size, len(texts))
+    if args.mindir is not None:
+        from mindxh.generate.mindir import load_generator
+
+        generator, _ = load_generator(args.mindir, batch_size)
+        prompts = [prompt_ids(generator.tokenizer, t) for t in texts]
+        source = args.mindir
+    else:
+        from mindxh.checkpoint.inference import load_for_inference
+
+        model, tok, recipe, source = load_for_inference(args.checkpoint)
+        prompts = [prompt_ids(tok, t) for t in texts]
+        # the cache as long as this call needs, within what the model's positions allow
+        max_len = min(max(len(p) for p in prompts) + cfg.max_new_tokens, recipe.model.max_seq_len + 1)
+        generator = Generator(model, tok, batch_size, max_len)
+    completions = generator.generate(prompts, cfg)
     stats = generator.last_stats
     log.info("%s: %d completions, %d tokens in %.2fs (%.0f tokens/s, compilation included)",
-             checkpoint_dir, len(completions), stats.new_tokens, stats.wall_s, stats.tokens_per_s)
+             source, len(completions), stats.new_tokens, stats.wall_s, stats.tokens_per_s)
     for text, c in zip(texts, completions):
         if args.json:
             print(json.dumps({"prompt": text, "completion": c.text, "finish_reason": c.finish_reason,

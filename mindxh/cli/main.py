@@ -10,11 +10,16 @@ import logging
 import sys
 
 from mindxh.cli import (
+    bench_cmd,
+    convert_cmd,
     data_cmd,
     eval_cmd,
+    export_cmd,
     generate_cmd,
     grade_cmd,
+    launch_cmd,
     pipeline_cmd,
+    plan_cmd,
     recipe_cmd,
     tokenizer_cmd,
     train_cmd,
@@ -45,13 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     train_cmd.register(sub)
+    launch_cmd.register(sub)
     recipe_cmd.register(sub)
+    plan_cmd.register(sub)
     tokenizer_cmd.register(sub)
     data_cmd.register(sub)
     pipeline_cmd.register(sub)
     generate_cmd.register(sub)
     grade_cmd.register(sub)
     eval_cmd.register(sub)
+    convert_cmd.register(sub)
+    export_cmd.register(sub)
+    bench_cmd.register(sub)
     return parser
 
 

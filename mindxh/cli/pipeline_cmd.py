@@ -5,7 +5,7 @@ import argparse
 
 from mindxh.cli.recipe_cmd import add_set_option
 from mindxh.config import load_recipe
-from mindxh.config.stages import STAGES
+from mindxh.config.post_training import STAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("recipe", help="path to a pipeline recipe, e.g. recipes/tiny/x1.yaml")
     parser.add_argument("--output-dir", help="where every stage writes (default: recipe output_dir)")
     parser.add_argument("--seed", type=int, help="shorthand for --set seed=N")
-    parser.add_argument("--restart-from", choices=STAGES, help="redo this stage and all later ones")
+    parser.add_argument("--restart-from", choices=STAGES,
+                        help="redo this stage and every stage that reads its results, from scratch")
     add_set_option(parser)
     parser.set_defaults(func=run)
 
@@ -26,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     recipe = load_recipe(args.recipe, overrides)
 
+    # imported here, not at module load: the stages pull in the training, GRPO and export code,
+    # which `mindxh --help` and the other commands need not load
     from mindxh.pipeline.runner import run_pipeline
 
     report = run_pipeline(recipe, args.restart_from)

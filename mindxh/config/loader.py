@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from mindxh.config.schema import InvalidValue, Recipe
+from mindxh.config.errors import InvalidValue, InvalidValues
+from mindxh.config.schema import Recipe
 from mindxh.errors import MindxhError
 
 
@@ -253,15 +254,36 @@ def load_recipe_text(text: str, where: str | Path,
     return _finish(data, sources, overrides)
 
 
+def load_recipe_and_plan_problems(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+                                  ) -> tuple[Recipe, list[str]]:
+    """Like `load_recipe`, but a parallel plan that breaks rules is returned with the list of
+    them ('key (where): message'), not raised: `mindxh plan` sizes such a plan anyway and
+    reports every reason. Any other recipe error raises RecipeError as usual."""
+    data, sources = _load_with_bases(Path(path))
+    recipe, problems = _build_checked(data, sources, overrides)
+    return recipe, problems
+
+
 def _finish(data: dict, sources: Sources, overrides: list[str] | tuple[str, ...]) -> Recipe:
+    recipe, problems = _build_checked(data, sources, overrides)
+    if problems:
+        head = f"{len(problems)} problems:\n  " if len(problems) > 1 else ""
+        raise RecipeError(head + "\n  ".join(problems))
+    return recipe
+
+
+def _build_checked(data: dict, sources: Sources, overrides: list[str] | tuple[str, ...]
+                   ) -> tuple[Recipe, list[str]]:
     for override in overrides:
         _apply_override(data, sources, override)
     recipe = _build(Recipe, data, "", sources)
     try:
         recipe.cross_checks()
+    except InvalidValues as exc:  # every broken rule of the parallel plan, one line each
+        return recipe, [f"{p.key}{_where(sources, p.key)}: {p.message}" for p in exc.problems]
     except InvalidValue as exc:
         raise RecipeError(f"{exc.key}{_where(sources, exc.key)}: {exc.message}") from None
-    return recipe
+    return recipe, []
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -7,17 +7,122 @@ A check raises `ValueError(key, message)`; the loader adds the file and line.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from mindxh.config.errors import InvalidValue
+from mindxh.config.errors import InvalidValues
 from mindxh.config.errors import require as _require
-from mindxh.config.stages import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig
+from mindxh.config.post_training import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig
+from mindxh.config.scale import (ClusterConfig, CompileConfig, ParallelConfig, PrecisionConfig,
+                                 parallel_problems)
+
+
+@dataclass
+class RopeScalingConfig:
+    """RoPE frequency scaling for long contexts. `type: llama3` is Llama 3.1's rule (low
+    frequencies divided by `factor`, high ones kept, a smooth ramp between); null is plain RoPE.
+    Typed here so a converted Hugging Face model's scaling is checked like any other key."""
+
+    type: Optional[Literal["llama3"]] = None
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def check(self) -> None:
+        if self.type is None:
+            return
+        _require(self.factor >= 1.0, "factor", "must be >= 1")
+        _require(self.low_freq_factor > 0, "low_freq_factor", "must be > 0")
+        _require(self.high_freq_factor > self.low_freq_factor, "high_freq_factor",
+                 f"must be > low_freq_factor={self.low_freq_factor}")
+        _require(self.original_max_position_embeddings > 0, "original_max_position_embeddings",
+                 "must be a positive integer")
+
+
+def expert_capacity(tokens: int, top_k: int, experts: int, factor: Optional[float]) -> int:
+    """ceil(factor * tokens * top_k / experts) slots per expert. A token picks distinct experts,
+    so no expert can receive more than `tokens`: that (factor null) is the no-drop capacity.
+    Plain integer arithmetic on static shapes, so the model's graph calls it too."""
+    if factor is None:
+        return tokens
+    return min(tokens, math.ceil(factor * tokens * top_k / experts))
+
+
+@dataclass
+class MoEConfig:
+    """Mixture-of-experts MLPs, DeepSeek-style (mindxh/models/llama/moe.py): each token goes to
+    `experts_per_token` of `num_experts` routed experts plus every shared expert. `num_experts: 0`
+    (the default) is a dense model. Layers below `first_dense_layers` keep the dense MLP
+    (DeepSeek-V2/V3 keep the first 1 and 3 layers dense: early routing is unstable).
+    Balance: `aux_loss` adds coef * E * sum_i f_i * P_i (Switch/GShard) to the training loss;
+    `bias` is DeepSeek-V3's auxiliary-loss-free rule (a per-expert bias on the selection
+    scores, nudged by +-bias_update_rate after every step); `none` leaves routing alone."""
+
+    num_experts: int = 0  # routed experts; 0: dense
+    experts_per_token: int = 2  # top-k
+    num_shared_experts: int = 0  # always-on experts, fused into one SwiGLU of k x the width
+    expert_intermediate_size: Optional[int] = None  # null: model.intermediate_size
+    first_dense_layers: int = 0
+    scoring: Literal["softmax", "sigmoid"] = "softmax"  # sigmoid: DeepSeek-V3
+    normalize_gates: bool = True  # the top-k gate weights sum to 1
+    capacity_factor: Optional[float] = 1.25  # slots per expert = ceil(cf * tokens * k / E); null: no drops
+    balance: Literal["aux_loss", "bias", "none"] = "aux_loss"
+    aux_loss_coef: float = 0.01
+    bias_update_rate: float = 0.001
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_experts > 0
+
+    def is_moe_layer(self, index: int) -> bool:
+        return self.enabled and index >= self.first_dense_layers
+
+    def expert_width(self, intermediate_size: int) -> int:
+        """One expert's SwiGLU width (`intermediate_size` is the model's dense width)."""
+        return self.expert_intermediate_size or intermediate_size
+
+    def capacity(self, tokens: int) -> int:
+        """Slots per expert when `tokens` tokens are routed (see `expert_capacity`)."""
+        return expert_capacity(tokens, self.experts_per_token, self.num_experts,
+                               self.capacity_factor)
+
+    def check(self) -> None:
+        _require(self.num_experts >= 0, "num_experts", "must be >= 0 (0: a dense model)")
+        _require(self.num_shared_experts >= 0, "num_shared_experts", "must be >= 0")
+        _require(self.first_dense_layers >= 0, "first_dense_layers", "must be >= 0")
+        _require(self.expert_intermediate_size is None or self.expert_intermediate_size > 0,
+                 "expert_intermediate_size", "must be a positive integer (or null)")
+        _require(self.capacity_factor is None or self.capacity_factor > 0, "capacity_factor",
+                 "must be > 0 (or null: no token is dropped)")
+        _require(self.aux_loss_coef >= 0, "aux_loss_coef", "must be >= 0")
+        _require(self.bias_update_rate >= 0, "bias_update_rate", "must be >= 0")
+        if self.enabled:
+            _require(1 <= self.experts_per_token <= self.num_experts, "experts_per_token",
+                     f"must be in 1..num_experts={self.num_experts}")
+
+
+class _HeadDim:
+    """`ModelConfig.head_dim`: null in a recipe means hidden_size // num_heads (the Llama rule),
+    a number decouples it (Qwen3-0.6B: hidden 1024, 16 heads of 128). Reading it always gives
+    an int, so the model code needs no special case; a saved recipe records the resolved int."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None  # the dataclass default
+        explicit = obj.__dict__.get("_head_dim")
+        return explicit if explicit is not None else obj.hidden_size // obj.num_heads
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__["_head_dim"] = value
 
 
 @dataclass
 class ModelConfig:
-    """A dense decoder of the Llama/Qwen line (see mindxh/models/llama/model.py)."""
+    """A decoder of the Llama/Qwen line (see mindxh/models/llama/model.py), dense or with
+    DeepSeek-style mixture-of-experts MLPs (`moe`)."""
 
     vocab_size: Optional[int] = None  # null: taken from the tokenizer
     hidden_size: int = 128
@@ -32,10 +137,14 @@ class ModelConfig:
     qkv_bias: bool = False  # Qwen2
     qk_norm: bool = False  # Qwen3
     init_std: float = 0.02
+    head_dim: Optional[int] = _HeadDim()  # type: ignore[assignment]  # null: hidden/heads
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)  # num_experts 0: dense
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def head_dim_is_explicit(self) -> bool:
+        """True when head_dim was set rather than derived from hidden_size / num_heads."""
+        return self.__dict__.get("_head_dim") is not None
 
     def check(self) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -43,15 +152,23 @@ class ModelConfig:
             _require(getattr(self, key) > 0, key, "must be a positive integer")
         _require(self.vocab_size is None or self.vocab_size > 0, "vocab_size",
                  "must be positive (or null to take it from the tokenizer)")
-        _require(self.hidden_size % self.num_heads == 0, "num_heads",
-                 f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}")
+        if self.head_dim_is_explicit:
+            _require(self.head_dim > 0, "head_dim", "must be a positive integer (or null)")
+            _require(self.head_dim % 2 == 0, "head_dim", f"head_dim={self.head_dim} must be even "
+                     "for RoPE")
+        else:
+            _require(self.hidden_size % self.num_heads == 0, "num_heads",
+                     f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}")
+            _require(self.head_dim % 2 == 0, "num_heads",
+                     f"head_dim = hidden_size/num_heads = {self.head_dim} must be even for RoPE")
         _require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
                  f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}")
-        _require(self.head_dim % 2 == 0, "num_heads",
-                 f"head_dim = hidden_size/num_heads = {self.head_dim} must be even for RoPE")
         _require(self.rope_theta > 0, "rope_theta", "must be > 0")
         _require(self.norm_eps > 0, "norm_eps", "must be > 0")
         _require(self.init_std > 0, "init_std", "must be > 0")
+        if self.moe.enabled:
+            _require(self.moe.first_dense_layers < self.num_layers, "moe.first_dense_layers",
+                     f"must be < num_layers={self.num_layers} (else no layer has experts)")
 
 
 @dataclass
@@ -153,35 +270,21 @@ class TrainConfig:
 
 
 @dataclass
-class CompileConfig:
-    """How MindSpore executes: `graph` (compiled, the fast path) or `pynative` (debug)."""
-
-    mode: Literal["graph", "pynative"] = "graph"
-    jit_level: Literal["O0", "O1", "O2"] = "O0"
-    device: Literal["CPU", "Ascend", "GPU"] = "CPU"
-
-
-@dataclass
-class ParallelConfig:
-    """Parallel layout. Data parallel runs anywhere (msrun); the rest needs Ascend."""
-
-    data_parallel: int = 1
-
-    def check(self) -> None:
-        _require(self.data_parallel >= 1, "data_parallel", "must be >= 1")
-
-
-@dataclass
 class MetricsConfig:
     """What MFU is measured against. `cpu` measures this CPU with a GEMM probe; accelerators
     come from the table in mindxh/config/hardware.py. `auto` means `cpu` when compile.device is
-    CPU; on an accelerator the model must be named (a 910B2 and a 910B4 differ by 1.4x)."""
+    CPU; on an accelerator the model must be named (a 910B2 and a 910B4 differ by 1.4x).
+    `dtype` null follows precision.compute_dtype: the matmuls run in it, so its peak is the
+    honest denominator (an fp16 run measured against the fp32 peak would overstate MFU)."""
 
     device: str = "auto"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None  # null: compute_dtype
 
     def peak_device(self, compile_device: str) -> str:
         return "cpu" if self.device == "auto" and compile_device == "CPU" else self.device
+
+    def peak_dtype(self, precision: PrecisionConfig) -> str:
+        return precision.compute_dtype if self.dtype is None else self.dtype
 
 
 @dataclass
@@ -198,6 +301,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -220,6 +325,9 @@ class Recipe:
             _require(m.vocab_size == self.tokenizer.vocab_size, "model.vocab_size",
                      f"model.vocab_size={m.vocab_size} differs from tokenizer.vocab_size="
                      f"{self.tokenizer.vocab_size}; set it to null to follow the tokenizer")
+        problems = parallel_problems(self)
+        if problems:
+            raise InvalidValues(problems)
 
     def _check_peak_device(self) -> None:
         from mindxh.config.hardware import PEAK_FLOPS, lookup_peak
@@ -231,6 +339,6 @@ class Recipe:
         if device.lower() == "cpu":
             return
         try:
-            lookup_peak(device, self.metrics.dtype)
+            lookup_peak(device, self.metrics.peak_dtype(self.precision))
         except (KeyError, ValueError) as exc:
             raise InvalidValue("metrics.device", str(exc.args[0])) from None

@@ -11,26 +11,46 @@ Every sample and its score go to `--out` (JSON lines); the figures are printed.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
-from mindxh.errors import MissingFileError
+from mindxh.errors import MindxhError, MissingFileError
 from mindxh.tasks.arith import greedy_accuracy, heldout_problems
+from mindxh.utils.fsio import write_jsonl
 
 log = logging.getLogger(__name__)
+
+
+class EvalError(MindxhError):
+    """An evaluation that cannot run as asked (unknown task, unusable data file)."""
 
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
-def _write(path: Path, records: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `mindxh eval TASK --checkpoint` was asked to do (the CLI flags, typed)."""
+
+    task: str  # one of TASKS
+    checkpoint: str  # run directory or checkpoint directory
+    out: Optional[str] = None  # per-sample JSONL (default CHECKPOINT/eval_TASK.jsonl)
+    limit: Optional[int] = None  # first N problems only
+    level: int = 2  # arith problem level
+    data: Optional[str] = None  # gsm8k JSONL
+    samples_per_task: int = 1  # humaneval n for pass@k
+    k: list[int] = field(default_factory=lambda: [1, 10])
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+    workers: int = 2
+    timeout: float = 3.0
 
 
-def _sampling(args, temperature: float | None = None):
+def _sampling(args: EvalOptions, temperature: float | None = None):
     from mindxh.generate.sampling import SamplingConfig
 
     return SamplingConfig(max_new_tokens=args.max_new_tokens,
@@ -38,21 +58,21 @@ def _sampling(args, temperature: float | None = None):
                           top_p=args.top_p, seed=args.seed)
 
 
-def _generator(args, model, tok, recipe, longest_prompt: int):
+def _generator(args: EvalOptions, model, tok, recipe, longest_prompt: int):
     from mindxh.generate.generator import Generator
 
     max_len = min(recipe.model.max_seq_len, longest_prompt + args.max_new_tokens) + 1
     return Generator(model, tok, args.batch_size, max_len)
 
 
-def _arith(args, model, tok, recipe) -> tuple[list[dict], str]:
+def _arith(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
     problems = heldout_problems(args.seed, args.level, args.limit or 500)
     gen = _generator(args, model, tok, recipe, 96)
     acc, records = greedy_accuracy(gen, tok, problems, args.max_new_tokens)
     return records, f"arith (level {args.level}, {len(records)} held-out problems): accuracy {acc:.2%}"
 
 
-def _gsm8k(args, model, tok, recipe) -> tuple[list[dict], str]:
+def _gsm8k(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
     from mindxh.data.chat import prompt_ids
     from mindxh.rewards.math import MathGrader, gsm8k_reference_answer
     from mindxh.utils.records import JsonlError, read_records
@@ -84,7 +104,7 @@ def _gsm8k(args, model, tok, recipe) -> tuple[list[dict], str]:
     return records, f"gsm8k ({len(rows)} problems from {path}): accuracy {acc:.2%}"
 
 
-def _humaneval(args, model, tok, recipe) -> tuple[list[dict], str]:
+def _humaneval(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
     from mindxh.eval.humaneval import evaluate, load_problems, pass_at_k
 
     problems = load_problems()
@@ -110,8 +130,10 @@ def _humaneval(args, model, tok, recipe) -> tuple[list[dict], str]:
 TASKS = {"arith": _arith, "gsm8k": _gsm8k, "humaneval": _humaneval}
 
 
-def run_eval(args: argparse.Namespace) -> str:
+def run_eval(args: EvalOptions) -> str:
     """Generate and score; returns the summary line the command prints."""
+    if args.task not in TASKS:
+        raise EvalError(f"unknown task {args.task!r}; one of {', '.join(TASKS)}")
     import mindspore as ms
 
     from mindxh.checkpoint.inference import load_for_inference
@@ -120,5 +142,5 @@ def run_eval(args: argparse.Namespace) -> str:
     model, tok, recipe, checkpoint = load_for_inference(args.checkpoint)
     records, summary = TASKS[args.task](args, model, tok, recipe)
     out = Path(args.out or f"{checkpoint}/eval_{args.task}.jsonl")
-    _write(out, records)
+    write_jsonl(out, records)
     return f"{summary} | checkpoint {checkpoint} | samples in {out}"

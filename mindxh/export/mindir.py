@@ -1,41 +1,218 @@
-"""MindIR export: the trained decoder as a file MindSpore Lite / serving can load.
+"""MindIR export: the graphs generation runs, as files MindSpore Lite, serving or
+`mindxh generate --mindir` load without a recipe or checkpoint.
 
-The graph takes token ids [batch, seq] (batch dynamic) and returns logits. After writing,
-the file is loaded back and run on a probe batch; the export is accepted only if it
-reproduces the live model's logits.
+Two graphs, both with a dynamic batch (models/llama/cache.py, PrefillStep and DecodeStep):
+prefill takes the padded prompt block (its width is dynamic too) and returns the logits
+after each row's last prompt token and the filled key/value caches; decode takes one token
+per row and the caches, and returns the logits and the updated caches. The caches are
+graph inputs and outputs, not Parameters: a Parameter's shape would fix the batch, and the
+two files would each hold a private copy of it.
+
+After writing, the files are loaded back and run teacher-forced over a probe batch (three
+rows of different lengths, a few decode steps, then one row alone to exercise the dynamic
+batch); their logits must match the live generation cell's (`CachedDecoder`, what
+`generate --checkpoint` runs) within `tolerance`, and a full forward pass's within 100x
+that (a different order of sums: ~1e-5 apart at logits of ~15, but a cache bug is O(1)).
+The manifest (format defined in mindxh.generate.mindir) is written last, so a directory
+without one is an export that did not finish.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mindxh import __version__
+from mindxh.errors import MindxhError
+from mindxh.generate.mindir import (
+    DECODE_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    PREFILL_FILE,
+    MindirBackend,
+    load_graph,
+    prompt_widths,
+    sha256_file,
+)
+from mindxh.utils.fsio import atomic_write_json
+
+__all__ = ["ExportError", "ExportSummary", "export_checkpoint", "export_model", "signatures"]
+
 log = logging.getLogger(__name__)
 
 
-def export_mindir(recipe, checkpoint: Path, prefix: Path, seq_len: int,
-                  tolerance: float = 1e-4) -> dict:
-    """Write PREFIX.mindir from a checkpoint; returns {file, bytes, max_abs_diff}."""
+class ExportError(MindxhError, RuntimeError):
+    """An export that cannot be made, or whose reloaded graphs do not reproduce the model."""
+
+
+@dataclass
+class ExportSummary:
+    directory: Path
+    manifest: Path
+    files: dict[str, int]  # file name -> bytes (the manifest excluded)
+    max_abs_diff: float
+    timings_s: dict[str, float]
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.files.values())
+
+
+def _tensor(name: str, shape: list, dtype: str = "int32") -> dict:
+    return {"name": name, "shape": shape, "dtype": dtype}
+
+
+def signatures(cfg, cache_len: int) -> dict:
+    """Inputs and outputs of both graphs, in call order; None is a dynamic dimension. The
+    export's input specs are built from this, so the manifest describes what was exported."""
+    cache = [cfg.num_layers, None, cfg.num_kv_heads, cache_len, cfg.head_dim]
+    caches = [_tensor("k_cache", cache, "float32"), _tensor("v_cache", cache, "float32")]
+    outputs = [_tensor("logits", [None, cfg.vocab_size], "float32"), *caches]
+    return {
+        "prefill": {"file": PREFILL_FILE, "outputs": outputs, "inputs": [
+            _tensor("tokens", [None, None]), _tensor("positions", [None, None]),
+            _tensor("out_index", [None])]},
+        "decode": {"file": DECODE_FILE, "outputs": outputs, "inputs": [
+            _tensor("tokens", [None, 1]), _tensor("positions", [None, 1]), *caches]},
+    }
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, max_len: int | None = None,
+                      prompt_bucket: int = 32, tolerance: float = 1e-4) -> ExportSummary:
+    """Export a checkpoint (or the newest of a run directory) into `out`; `max_len` (prompt +
+    completion tokens) defaults to the longest the model allows, max_seq_len + 1."""
+    from mindxh.checkpoint.inference import load_for_inference
+
+    model, tokenizer, recipe, checkpoint_dir = load_for_inference(checkpoint)
+    return export_model(model, tokenizer, Path(out), max_len or recipe.model.max_seq_len + 1,
+                        prompt_bucket, str(checkpoint_dir), tolerance)
+
+
+def export_model(model, tokenizer, out: Path, max_len: int, prompt_bucket: int = 32,
+                 source: str | None = None, tolerance: float = 1e-4) -> ExportSummary:
+    """Write prefill/decode MindIR, the tokenizer and the manifest into `out`, checked."""
     import mindspore as ms
-    from mindspore import nn
 
-    from mindxh.checkpoint.store import load_model_weights
-    from mindxh.models.llama.model import build_model
+    from mindxh.models.llama.cache import DecodeStep, PrefillStep
 
-    model = build_model(recipe.model, recipe.seed)
-    load_model_weights(model, checkpoint)
+    cfg = model.cfg
+    if not 2 <= max_len <= cfg.max_seq_len + 1:
+        raise ExportError(f"max_len={max_len} must be in 2..{cfg.max_seq_len + 1} (the model's "
+                          f"max_seq_len={cfg.max_seq_len} + 1)")
+    if prompt_bucket < 1:
+        raise ExportError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file; the export needs a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # until the new files are checked
     model.set_train(False)
-    spec = ms.Tensor(shape=[None, seq_len], dtype=ms.int32)
-    ms.export(model, spec, file_name=str(prefix), file_format="MINDIR")
-    path = Path(str(prefix) + ".mindir")
-    probe = np.random.default_rng(0).integers(4, recipe.model.vocab_size, (2, seq_len)).astype(np.int32)
-    live = model(ms.Tensor(probe)).asnumpy()
-    loaded = nn.GraphCell(ms.load(str(path)))(ms.Tensor(probe)).asnumpy()
-    diff = float(np.abs(live - loaded).max())
+    cache_len = max_len - 1
+    sigs = signatures(cfg, cache_len)
+    timings = {}
+    for name, cell in (("prefill", PrefillStep(model, cache_len)), ("decode", DecodeStep(model, cache_len))):
+        t0 = time.perf_counter()
+        specs = [ms.Tensor(shape=t["shape"], dtype=getattr(ms, t["dtype"])) for t in sigs[name]["inputs"]]
+        path = out / sigs[name]["file"]
+        path.unlink(missing_ok=True)  # mindspore writes graphs read-only (0400)
+        ms.export(cell, *specs, file_name=str(path.with_suffix("")), file_format="MINDIR")
+        if not path.is_file():
+            raise ExportError(f"mindspore.export wrote no {path}")
+        timings[f"{name}_export"] = round(time.perf_counter() - t0, 3)
+    tokenizer_files = _copy_tokenizer(tokenizer, out)
+    t0 = time.perf_counter()
+    diff, diff_full = _check(model, out, cache_len, prompt_bucket)
+    timings["verify"] = round(time.perf_counter() - t0, 3)
     if not diff <= tolerance:
-        raise RuntimeError(f"{path}: the exported graph's logits differ from the model's by {diff}")
-    log.info("exported %s (%.1f MB); reloaded logits match within %.2g", path,
-             path.stat().st_size / 1e6, diff)
-    return {"file": str(path), "bytes": path.stat().st_size, "max_abs_diff": diff,
-            "checkpoint": str(checkpoint)}
+        raise ExportError(f"{out}: the reloaded graphs' logits differ from the live model's by "
+                          f"{diff:.3g} (tolerance {tolerance:g})")
+    if not diff_full <= 100 * tolerance:
+        raise ExportError(f"{out}: the cached graphs' logits differ from a full forward pass by "
+                          f"{diff_full:.3g} (allowed: {100 * tolerance:g}); the cache logic is wrong")
+    names = [PREFILL_FILE, DECODE_FILE, *tokenizer_files]
+    files = {n: {"bytes": (out / n).stat().st_size, "sha256": sha256_file(out / n)} for n in names}
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "mindxh_version": __version__, "mindspore_version": ms.__version__,
+        "source_checkpoint": source,
+        "model": dataclasses.asdict(cfg),
+        "vocab_size": cfg.vocab_size,
+        "max_len": max_len, "cache_len": cache_len,
+        "prompt_bucket": prompt_bucket, "prompt_widths": prompt_widths(max_len, prompt_bucket),
+        "tokenizer": tokenizer_files[0],
+        "stop_ids": {"eos": tokenizer.eos_id, "answer_end": tokenizer.piece_to_id("</answer>")},
+        "cache_layout": "[layers, batch, kv_heads, cache_len, head_dim]; column j holds the "
+                        "keys/values of position j; a token at position p sees columns <= p",
+        "graphs": sigs,
+        "max_abs_diff": diff, "tolerance": tolerance, "max_abs_diff_full_forward": diff_full,
+        "timings_s": timings,
+        "files": files,
+    }
+    manifest_path = atomic_write_json(out / MANIFEST_FILE, manifest)
+    sizes = {n: f["bytes"] for n, f in files.items()}
+    log.info("exported %s: %s; reloaded logits within %.2g of the live model (%.2g of a full "
+             "forward pass); export %.1fs + %.1fs, check %.1fs", out,
+             ", ".join(f"{n} {b / 1e6:.2f} MB" for n, b in sizes.items()), diff, diff_full,
+             timings["prefill_export"], timings["decode_export"], timings["verify"])
+    return ExportSummary(out, manifest_path, sizes, diff, timings)
+
+
+def _copy_tokenizer(tokenizer, out: Path) -> list[str]:
+    """Copy the tokenizer file (and a tokenizer.json's tokenizer_config.json) into `out`;
+    returns the names, the tokenizer itself first."""
+    source = Path(tokenizer.path) if getattr(tokenizer, "path", None) else None
+    if source is None or not source.is_file():
+        raise ExportError(f"the tokenizer has no file to copy (path {source})")
+    name = "tokenizer.json" if source.suffix == ".json" else "tokenizer.model"
+    if source.resolve() != (out / name).resolve():
+        shutil.copyfile(source, out / name)
+    names = [name]
+    config = source.parent / "tokenizer_config.json"
+    if name == "tokenizer.json" and config.is_file():
+        if config.resolve() != (out / config.name).resolve():
+            shutil.copyfile(config, out / config.name)
+        names.append(config.name)
+    return names
+
+
+def _check(model, out: Path, cache_len: int, prompt_bucket: int) -> tuple[float, float]:
+    """(largest |logit difference| between the reloaded graphs and the live generation cell,
+    the same against the model's full forward pass), over a teacher-forced probe: prefill of
+    three rows of different lengths, a few decode steps, then one row alone (another batch
+    size). The first is export fidelity (the same computation: 0 on CPU); the second checks
+    the cache logic itself, against a different computation (1e-6..1e-5 of reordered sums)."""
+    import mindspore as ms
+
+    from mindxh.models.llama.cache import CachedDecoder
+
+    backend = MindirBackend(load_graph(out / PREFILL_FILE), load_graph(out / DECODE_FILE))
+    steps = min(3, cache_len - 1)
+    width = max(1, min(prompt_bucket, cache_len - steps))
+    lengths = np.array([width, max(1, width // 2), 1], np.int32)
+    rows = np.arange(len(lengths))
+    live = CachedDecoder(model, len(rows), cache_len)
+    seqs = np.random.default_rng(0).integers(0, model.cfg.vocab_size, (len(rows), width + steps))
+    seqs = seqs.astype(np.int32)
+    full = model(ms.Tensor(seqs)).asnumpy()  # [rows, width + steps, V]
+    block = np.where(np.arange(width) < lengths[:, None], seqs[:, :width], 0).astype(np.int32)
+    positions = np.tile(np.arange(width, dtype=np.int32), (len(rows), 1))
+    got = backend.prefill(block, positions, lengths - 1)
+    want = live(ms.Tensor(block), ms.Tensor(positions), ms.Tensor(lengths - 1)).asnumpy()
+    pairs = [(got, want, full[rows, lengths - 1])]
+    zeros = ms.Tensor(np.zeros(len(rows), np.int32))
+    for step in range(steps):
+        pos = lengths + step
+        tokens = seqs[rows, pos][:, None]
+        got = backend.decode(tokens, pos[:, None])
+        want = live(ms.Tensor(tokens), ms.Tensor(pos[:, None]), zeros).asnumpy()
+        pairs.append((got, want, full[rows, pos]))
+    alone = backend.prefill(block[1:2], positions[1:2], lengths[1:2] - 1)
+    pairs.append((alone, pairs[0][1][1:2], pairs[0][2][1:2]))
+    to_live = max(float(np.abs(g - w).max()) for g, w, _ in pairs)
+    to_full = max(float(np.abs(g - f).max()) for g, _, f in pairs)
+    return to_live, to_full

@@ -3,25 +3,32 @@
     prompts -> chunks of `batch_size` (last one padded) -> prefill (the prompt block)
             -> decode one token per row per step -> host-side sampling -> stop per row
 
-The compiled cell (`CachedDecoder`) has static shapes: the batch is always `batch_size`
-rows, the cache always `max_len - 1` columns (the last token of a sequence is never fed
-back), and the prompt block is rounded up to a multiple of `prompt_bucket`, so a run
-compiles the decode step once and the prefill once per bucket. Rows keep their own
-positions, so a prompt's result does not depend on its neighbours in the batch.
+The host loop (`BatchGenerator`: chunking, padding, sampling, stop tokens, statistics) talks
+to the model only through a `StepBackend`: `prefill` and `decode`, each returning logits.
+`Generator` runs a compiled `CachedDecoder` over a live model (checkpoints, evaluation,
+GRPO); `mindxh.generate.mindir` runs the exported MindIR graphs. One loop for both is what
+makes `generate --mindir` give the same tokens as `generate --checkpoint`.
+
+The compiled cell has static shapes: the batch is always `batch_size` rows, the cache
+always `max_len - 1` columns (the last token of a sequence is never fed back), and the
+prompt block is rounded up to a multiple of `prompt_bucket`, so a run compiles the decode
+step once and the prefill once per bucket. Rows keep their own positions, so a prompt's
+result does not depend on its neighbours in the batch.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from mindxh.errors import MindxhError
 from mindxh.generate.sampling import SamplingConfig, log_probs, row_rngs, sample
 
-__all__ = ["Completion", "GenerationError", "GenerationStats", "Generator"]
+__all__ = ["BatchGenerator", "CellBackend", "Completion", "GenerationError", "GenerationStats",
+           "Generator", "StepBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -65,27 +72,58 @@ class GenerationStats:
         return self.decode_steps * self.batch_size / self.decode_s if self.decode_s else 0.0
 
 
-class Generator:
-    """Generates from `model` (a Decoder, weights shared, never copied) in batches.
+def _check_sizes(batch_size: int, max_len: int, prompt_bucket: int) -> None:
+    if batch_size < 1 or max_len < 2 or prompt_bucket < 1:
+        raise GenerationError(f"need batch_size >= 1, max_len >= 2 and prompt_bucket >= 1; got "
+                              f"{batch_size}, {max_len}, {prompt_bucket}")
 
-    `max_len` bounds prompt + completion tokens; it may exceed the model's `max_seq_len` by one.
+
+class StepBackend(Protocol):
+    """One model step, however it runs. `prefill` starts fresh caches for a chunk; `decode`
+    continues them. Both return logits [B, V] as NumPy. `batch_size` is the row count every
+    call must have (a static graph), or None where any batch size works."""
+
+    batch_size: int | None
+
+    def prefill(self, tokens: np.ndarray, positions: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """tokens/positions [B, W] (the padded prompt block), last [B]: the index of each
+        row's last prompt token, whose logits are returned."""
+
+    def decode(self, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """tokens/positions [B, 1]: one new token per row."""
+
+
+class CellBackend:
+    """A compiled `CachedDecoder` (caches held as Parameters, updated in place)."""
+
+    def __init__(self, cell):
+        self.cell, self.batch_size = cell, cell.batch_size
+        self._zeros = np.zeros(cell.batch_size, np.int32)
+
+    def _call(self, tokens, positions, last) -> np.ndarray:
+        import mindspore as ms
+
+        return self.cell(ms.Tensor(tokens), ms.Tensor(positions), ms.Tensor(last)).asnumpy()
+
+    def prefill(self, tokens, positions, last):
+        return self._call(tokens, positions, last)
+
+    def decode(self, tokens, positions):
+        return self._call(tokens, positions, self._zeros)
+
+
+class BatchGenerator:
+    """Generates from a `StepBackend` in chunks of up to `batch_size` prompts.
+
+    `max_len` bounds prompt + completion tokens (the backend's cache holds `max_len - 1`).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int, max_len: int, prompt_bucket: int = 32):
-
-        if batch_size < 1 or max_len < 2 or prompt_bucket < 1:
-            raise GenerationError(f"need batch_size >= 1, max_len >= 2 and prompt_bucket >= 1; got "
-                                  f"{batch_size}, {max_len}, {prompt_bucket}")
-        if max_len - 1 > model.cfg.max_seq_len:
-            raise GenerationError(f"max_len={max_len} needs positions up to {max_len - 2}, beyond the "
-                                  f"model's max_seq_len={model.cfg.max_seq_len}; use max_len <= "
-                                  f"{model.cfg.max_seq_len + 1}")
-        self.tokenizer = tokenizer
+    def __init__(self, backend: StepBackend, tokenizer, batch_size: int, max_len: int,
+                 prompt_bucket: int, vocab_size: int):
+        _check_sizes(batch_size, max_len, prompt_bucket)
+        self.backend, self.tokenizer = backend, tokenizer
         self.batch_size, self.max_len, self.prompt_bucket = batch_size, max_len, prompt_bucket
-        self.vocab_size = model.cfg.vocab_size
-        from mindxh.models.llama.cache import CachedDecoder  # imports mindspore
-
-        self.cell = CachedDecoder(model, batch_size, max_len - 1)
+        self.vocab_size = vocab_size
         self.stop_ids = {tokenizer.eos_id: "eos", tokenizer.piece_to_id("</answer>"): "stop"}
         self.last_stats = GenerationStats(batch_size=batch_size)
 
@@ -130,16 +168,10 @@ class Generator:
                 raise GenerationError(f"prompt {i} holds token id {low if low < 0 else high}, outside "
                                       f"the model's vocabulary [0, {self.vocab_size})")
 
-    def _step(self, tokens: np.ndarray, positions: np.ndarray, out_index: np.ndarray) -> np.ndarray:
-        import mindspore as ms
-
-        logits = self.cell(ms.Tensor(tokens), ms.Tensor(positions), ms.Tensor(out_index))
-        return logits.asnumpy()
-
     def _prefill(self, prompts: list[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """(logits after each prompt's last token, prompt lengths); rows beyond the prompts are
-        1-token padding."""
-        b = self.batch_size
+        """(logits after each prompt's last token, prompt lengths); rows beyond the prompts
+        (a static backend's padding) are 1-token prompts."""
+        b = self.backend.batch_size or len(prompts)
         longest = max(len(p) for p in prompts)
         width = min(-(-longest // self.prompt_bucket) * self.prompt_bucket, self.max_len - 1)
         block = np.zeros((b, width), np.int32)
@@ -148,10 +180,10 @@ class Generator:
             block[row, :len(p)] = p
             lengths[row] = len(p)
         positions = np.broadcast_to(np.arange(width, dtype=np.int32), (b, width)).copy()
-        return self._step(block, positions, lengths - 1), lengths
+        return self.backend.prefill(block, positions, lengths - 1), lengths
 
     def _run_chunk(self, prompts, indices, cfg: SamplingConfig, stats: GenerationStats):
-        n, b = len(prompts), self.batch_size
+        n, b = len(prompts), self.backend.batch_size or len(prompts)
         t0 = time.perf_counter()
         logits, positions = self._prefill(prompts)
         stats.prefill_s += time.perf_counter() - t0
@@ -162,7 +194,6 @@ class Generator:
         reasons = ["length"] * n
         active = np.ones(n, bool)
         feed = np.zeros((b, 1), np.int32)
-        zeros = np.zeros(b, np.int32)
         for step in range(cfg.max_new_tokens):
             rows = logits[:n]
             uniforms = None if rngs is None else np.array([g.random() for g in rngs])
@@ -178,10 +209,30 @@ class Generator:
             if step == cfg.max_new_tokens - 1 or not active.any():
                 break
             feed[:n, 0] = tokens  # finished and padding rows run on; their outputs are ignored
-            logits = self._step(feed, positions.reshape(b, 1), zeros)
+            logits = self.backend.decode(feed, positions.reshape(b, 1))
             positions += 1
             stats.decode_steps += 1
         stats.decode_s += time.perf_counter() - t0
         stats.new_tokens += sum(len(x) for x in ids)
         return [Completion(ids=i, text=self.tokenizer.decode(i), finish_reason=reason, logprobs=lp)
                 for i, lp, reason in zip(ids, lps, reasons)]
+
+
+class Generator(BatchGenerator):
+    """Generates from `model` (a Decoder, weights shared, never copied) through a compiled
+    `CachedDecoder` of `batch_size` rows.
+
+    `max_len` bounds prompt + completion tokens; it may exceed the model's `max_seq_len` by one.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int, max_len: int, prompt_bucket: int = 32):
+        _check_sizes(batch_size, max_len, prompt_bucket)  # before building a cache of that size
+        if max_len - 1 > model.cfg.max_seq_len:
+            raise GenerationError(f"max_len={max_len} needs positions up to {max_len - 2}, beyond the "
+                                  f"model's max_seq_len={model.cfg.max_seq_len}; use max_len <= "
+                                  f"{model.cfg.max_seq_len + 1}")
+        from mindxh.models.llama.cache import CachedDecoder  # imports mindspore
+
+        self.cell = CachedDecoder(model, batch_size, max_len - 1)
+        super().__init__(CellBackend(self.cell), tokenizer, batch_size, max_len, prompt_bucket,
+                         model.cfg.vocab_size)

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SamplingConfig", "log_probs", "row_rngs", "sample"]
+from mindxh.errors import MindxhError
+
+__all__ = ["SamplingConfig", "SamplingError", "log_probs", "row_rngs", "sample"]
+
+
+class SamplingError(MindxhError, ValueError):
+    """Sampling settings that cannot work (the message names the setting)."""
 
 
 @dataclass
@@ -26,13 +32,13 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise SamplingError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+            raise SamplingError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 is off), got {self.top_k}")
+            raise SamplingError(f"top_k must be >= 0 (0 is off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1.0 is off), got {self.top_p}")
+            raise SamplingError(f"top_p must be in (0, 1] (1.0 is off), got {self.top_p}")
 
     @property
     def greedy(self) -> bool:
@@ -86,10 +92,16 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, uniforms: np.ndarray | None 
     return order[np.arange(len(pick)), pick]
 
 
-def log_probs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """log softmax(logits)[token] per row, at temperature 1 and without top-k/top-p: the
-    behaviour log-probabilities GRPO's importance ratio needs."""
-    x = logits.astype(np.float64)
+def log_probs(logits: np.ndarray, tokens: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """log softmax(logits / temperature)[token] per row, without top-k/top-p truncation.
+
+    The generator records them at temperature 1 (`Completion.logprobs`), whatever it sampled
+    with. With top-k and top-p off, `sample` draws from softmax(logits / temperature): GRPO's
+    loss scores that distribution (mindxh/rl/objective.py), and its tests check it with this.
+    """
+    if temperature <= 0:
+        raise SamplingError(f"temperature must be > 0 for log-probabilities, got {temperature}")
+    x = logits.astype(np.float64) / temperature
     m = x.max(-1, keepdims=True)
     lse = (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[:, 0]
     return x[np.arange(len(tokens)), tokens] - lse

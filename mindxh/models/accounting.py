@@ -51,15 +51,26 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
 
 
 def count_parameters(model) -> dict[str, int]:
-    """Exact counts. `non_embedding` excludes only the input lookup table; a tied head is the
-    same matrix, so it counts in `total` once and its matmul is added back for FLOPs."""
-    total = sum(int(np.prod(p.shape)) for p in model.get_parameters())
+    """Exact counts of the trainable parameters (an MoE layer's expert bias and routing
+    statistics are state, not parameters). `non_embedding` excludes only the input lookup
+    table; a tied head is the same matrix, so it counts in `total` once and its matmul is
+    added back for FLOPs. `active` counts what one token uses: a mixture-of-experts layer's
+    routed experts count `experts_per_token` of `num_experts` (shared experts, router and
+    everything else count whole); for a dense model active == total."""
+    sizes = {p.name: int(np.prod(p.shape)) for p in model.get_parameters() if p.requires_grad}
+    total = sum(sizes.values())
     embedding = int(np.prod(model.embed.shape))
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+    routed = sum(n for name, n in sizes.items() if ".mlp.experts." in name)
+    moe = model.cfg.moe
+    inactive = routed - routed // moe.num_experts * moe.experts_per_token if routed else 0
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding,
+            "active": total - inactive, "active_non_embedding": total - inactive - embedding}
 
 
 def training_flops_per_token(cfg, params: dict[str, int], seq_len: int) -> float:
     """`flops_per_token` of a decoder with config `cfg` and `count_parameters` result `params`:
-    the matmul weights are the non-embedding ones plus a tied head's (still a matmul)."""
-    n_matmul = params["non_embedding"] + (cfg.vocab_size * cfg.hidden_size if cfg.tie_embeddings else 0)
+    the matmul weights are the active non-embedding ones (a token runs only its experts' and
+    MFU counts only useful work) plus a tied head's (still a matmul)."""
+    n_matmul = params.get("active_non_embedding", params["non_embedding"]) + (
+        cfg.vocab_size * cfg.hidden_size if cfg.tie_embeddings else 0)
     return flops_per_token(n_matmul, cfg.num_layers, cfg.num_heads, cfg.head_dim, seq_len)

@@ -11,26 +11,39 @@ The token-level mean weighs every generated token equally, so long responses are
 down-weighted per token (the sample-level mean of the original GRPO is biased towards
 short answers, Yu et al. 2025). With one optimisation pass per batch the ratio is 1 and
 the loss is REINFORCE with the group mean as baseline; clipping matters from two passes on.
+
+Every log-probability here is of the distribution the responses were sampled from:
+softmax(logits / grpo.temperature) over the whole vocabulary (top-p is refused by the
+recipe check). At temperature 1 and without that, a run sampled at 0.7 would optimise
+the untempered policy while drawing from the tempered one.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import mindspore as ms
 from mindspore import nn, ops
 
 from mindxh.train.optim import AdamW
 
-__all__ = ["GRPOLoss", "GRPOStep", "TokenLogProbs"]
+__all__ = ["GRPOLoss", "GRPOStats", "GRPOStep", "TokenLogProbs"]
 
 
 class TokenLogProbs(nn.Cell):
-    """(input_ids [N, T], targets [N, T]) -> log p(target | prefix) [N, T]; targets < 0 read id 0."""
+    """(input_ids [N, T], targets [N, T]) -> log p(target | prefix) [N, T] with
+    p = softmax(logits / temperature), as `generate.sampling.sample` draws; targets < 0 read id 0."""
 
-    def __init__(self, model: nn.Cell):
+    def __init__(self, model: nn.Cell, temperature: float = 1.0):
         super().__init__(auto_prefix=False)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.model = model
+        self.temperature = float(temperature)
 
     def construct(self, input_ids, targets):
         logits = self.model(input_ids)
+        if self.temperature != 1.0:  # a constant: the graph holds one branch
+            logits = logits / self.temperature
         logp = ops.log_softmax(logits, -1)
         safe = ops.maximum(targets, 0).expand_dims(-1)
         return ops.gather_elements(logp, -1, safe).squeeze(-1)
@@ -39,9 +52,9 @@ class TokenLogProbs(nn.Cell):
 class GRPOLoss(nn.Cell):
     """-> (loss, kl, clip_fraction); only `loss` carries gradients."""
 
-    def __init__(self, model: nn.Cell, clip_eps: float, kl_beta: float):
+    def __init__(self, model: nn.Cell, clip_eps: float, kl_beta: float, temperature: float = 1.0):
         super().__init__(auto_prefix=False)
-        self.logprobs = TokenLogProbs(model)
+        self.logprobs = TokenLogProbs(model, temperature)
         self.low, self.high = 1.0 - clip_eps, 1.0 + clip_eps
         self.kl_beta = kl_beta
 
@@ -62,7 +75,8 @@ class GRPOLoss(nn.Cell):
 
 
 class GRPOStep(nn.Cell):
-    """One policy update: (batch...) -> (loss, kl, clip_fraction, grad_norm, lr, ok)."""
+    """One policy update: (batch...) -> (loss, kl, clip_fraction, grad_norm, lr, ok); read them
+    by name with `GRPOStats.of`."""
 
     def __init__(self, loss_cell: GRPOLoss, optimizer: AdamW):
         super().__init__(auto_prefix=False)
@@ -75,3 +89,20 @@ class GRPOStep(nn.Cell):
                                                         old_logp, ref_logp)
         grad_norm, lr, ok = self.optimizer(grads, loss)
         return loss, kl, clip_fraction, grad_norm, lr, ok
+
+
+@dataclass(frozen=True)
+class GRPOStats:
+    """`GRPOStep`'s outputs as host numbers, by name: a graph returns a tuple, readers need names."""
+
+    loss: float
+    kl: float
+    clip_fraction: float
+    grad_norm: float
+    lr: float
+    ok: bool  # False: loss or gradient not finite, and the optimizer skipped the update
+
+    @classmethod
+    def of(cls, outputs) -> GRPOStats:
+        loss, kl, clip_fraction, grad_norm, lr, ok = (x.asnumpy().reshape(-1)[0] for x in outputs)
+        return cls(float(loss), float(kl), float(clip_fraction), float(grad_norm), float(lr), bool(ok))

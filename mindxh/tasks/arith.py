@@ -6,8 +6,13 @@ draws from its own seed stream:
 
 * cold-start SFT solutions: `train` split, stream `seed`;
 * GRPO prompts: `train` split, stream `seed + RL_STREAM` (answers only);
-* validation (SFT early stopping, GRPO's curve): `heldout` split, stream `seed + VALIDATION_STREAM`;
+* SFT validation (early stopping): `heldout` split, stream `seed + VALIDATION_STREAM`;
+* GRPO validation (its curve): `heldout` split, stream `seed + GRPO_VALIDATION_STREAM`;
 * the test set: `heldout` split, stream `seed`.
+
+GRPO's curve has its own stream because the SFT checkpoint was *chosen* on the SFT
+validation problems: judged on them, GRPO's step-0 figure is inflated by that choice.
+Variants are compared on the test set only, which nothing chooses on.
 
 The reward is pure Python (it runs on every sampled response): the `<answer>` integer is
 right, plus a bonus for the exact reasoning format. No subprocess, no math-verify: the
@@ -23,12 +28,13 @@ from mindxh.data.synthetic import Problem, iter_problems
 from mindxh.tasks.format import answer_text, format_ok
 from mindxh.tokenizer import Tokenizer
 
-__all__ = ["RL_STREAM", "VALIDATION_STREAM", "GreedyGenerator", "Problem",
-           "answer_int", "arith_reward", "cold_start_samples", "greedy_accuracy", "heldout_problems",
-           "is_correct", "prompt_ids", "rl_problems"]
+__all__ = ["GRPO_VALIDATION_STREAM", "RL_STREAM", "VALIDATION_STREAM", "GreedyGenerator",
+           "Problem", "answer_int", "arith_reward", "cold_start_samples", "greedy_accuracy",
+           "heldout_problems", "is_correct", "prompt_ids", "rl_problems"]
 
 RL_STREAM = 7919  # GRPO prompts: another stream than the SFT set's
-VALIDATION_STREAM = 104729  # validation problems: another held-out stream than the test set's
+VALIDATION_STREAM = 104729  # SFT early stopping: another held-out stream than the test set's
+GRPO_VALIDATION_STREAM = 15485863  # GRPO's curve: unseen by the choice of the SFT checkpoint
 
 _INT = re.compile(r"[+-]?\d+")
 

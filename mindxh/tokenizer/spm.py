@@ -27,13 +27,13 @@ import io
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
 from mindxh.errors import MindxhError, MissingFileError
+from mindxh.utils.fsio import atomic_write
 
 __all__ = ["REASONING_TOKENS", "Tokenizer", "train", "train_from_texts"]
 
@@ -62,21 +62,23 @@ class Tokenizer:
             raise TokenizerError(f"{where} is not a SentencePiece model: {exc}") from exc
         self.path = path
         self.sha256 = hashlib.sha256(model_bytes).hexdigest()
+        # None where absent: a converted Hugging Face model's tokenizer has no reasoning tokens
         ids = [self._sp.PieceToId(p) for p in REASONING_TOKENS]
-        missing = [p for p, i in zip(REASONING_TOKENS, ids) if i == self._sp.unk_id()]
-        if missing:
-            raise TokenizerError(
-                f"{path or '<bytes>'} lacks the reasoning tokens {missing}; "
-                "train it with mindxh.tokenizer.train"
-            )
+        ids = [None if i == self._sp.unk_id() else i for i in ids]
         self.think_id, self.think_end_id, self.answer_id, self.answer_end_id = ids
 
     # -- construction -----------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Tokenizer":
+        """A SentencePiece `.model`, or for a `.json` file a Hugging Face tokenizer.json
+        (`JsonTokenizer`, same interface), so `tokenizer.path` may name either."""
         p = Path(path)
         if not p.is_file():
             raise MissingFileError(f"tokenizer model not found: {p}")
+        if p.suffix == ".json":
+            from mindxh.tokenizer.hf_json import JsonTokenizer
+
+            return JsonTokenizer.load(p)  # type: ignore[return-value]
         return cls(p.read_bytes(), path=str(p))
 
     @classmethod
@@ -215,8 +217,8 @@ def _train(
     model_bytes = writer.getvalue()
     tok = Tokenizer(model_bytes)
     model_path = Path(f"{model_prefix}.model")
-    _atomic_write(model_path, model_bytes)
-    _atomic_write(Path(f"{model_prefix}.vocab"), _vocab_text(tok).encode("utf-8"))
+    atomic_write(model_path, model_bytes)
+    atomic_write(Path(f"{model_prefix}.vocab"), _vocab_text(tok).encode("utf-8"))
     tok.path = str(model_path)
     logger.info(
         "trained tokenizer %s (vocab %d, sha256 %s)", model_path, tok.vocab_size, tok.sha256[:12]
@@ -249,22 +251,3 @@ def _vocab_text(tok: Tokenizer) -> str:
         piece = tok.id_to_piece(i).replace("\t", "\\t").replace("\n", "\\n")
         lines.append(f"{piece}\t{tok._sp.GetScore(i):g}\n")
     return "".join(lines)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` it in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a tokenizer is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -4,7 +4,10 @@ Written as one MindSpore cell so that the whole update compiles into the train-s
 on CPU and Ascend alike (`mint.optim.AdamW` has Ascend kernels only). The update follows
 Loshchilov & Hutter (2019): bias-corrected Adam moments, decoupled weight decay.
 If the loss or the gradient norm is not finite, no parameter or moment changes: the step
-reports `ok = False` and the trainer stops before anything is saved.
+reports `ok = False` and the trainer stops before anything is saved, unless the recipe scales
+the loss (precision.py): then a non-finite gradient is an overflow, skipped and counted by the
+optional `loss_scaler`, which the optimizer owns so that its scale and counters are saved and
+restored with the moments (a resume stays bitwise identical).
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ def decays(param: Parameter) -> bool:
 class AdamW(nn.Cell):
     """construct(grads, loss) -> (grad_norm, lr, ok); `step` counts applied updates."""
 
-    def __init__(self, params: list[Parameter], cfg: OptimConfig, max_steps: int):
+    def __init__(self, params: list[Parameter], cfg: OptimConfig, max_steps: int,
+                 loss_scaler: nn.Cell | None = None):
         super().__init__()
         self.params = ParameterTuple(params)
         self.exp_avg = self.params.clone(prefix="exp_avg", init="zeros")
@@ -45,10 +49,15 @@ class AdamW(nn.Cell):
         self.cfg = cfg
         self.max_steps = max_steps
         self.pi = math.pi
+        self.loss_scaler = loss_scaler  # precision.LossScaler: scale + counters, or None
 
     def state_parameters(self) -> list[tuple[str, Parameter]]:
-        """(name, parameter) of everything a checkpoint must hold to resume: moments and step."""
-        return [(p.name, p) for p in self.get_parameters() if p.name.startswith(("exp_avg", "step"))]
+        """(name, parameter) of everything a checkpoint must hold to resume: moments, step and
+        the loss scaler's state (absent without loss scaling, so float32 checkpoints are as before)."""
+        state = [(p.name, p) for p in self.get_parameters() if p.name.startswith(("exp_avg", "step"))]
+        if self.loss_scaler is not None:
+            state += [(p.name, p) for p in self.loss_scaler.get_parameters()]
+        return state
 
     def schedule(self, step):
         cfg = self.cfg
@@ -86,4 +95,6 @@ class AdamW(nn.Cell):
             ops.assign(m, ops.select(ok, m_new, m))
             ops.assign(v, ops.select(ok, v_new, v))
         ops.assign(self.step, self.step + ok.astype(ms.int32))
+        if self.loss_scaler is not None:
+            self.loss_scaler(ok)
         return grad_norm, lr, ok

@@ -28,8 +28,10 @@ class Progress:
     def report(self, record: dict) -> None:
         """Show one metrics record: on the bar, or as a line."""
         if self._bar is not None:
+            extra = ({"scale": f"{record['loss_scale']:g}", "skipped": record["skipped_steps"]}
+                     if "loss_scale" in record else {})  # only with precision.loss_scale
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}",
-                                  mfu=f"{record['mfu']:.2%}")
+                                  mfu=f"{record['mfu']:.2%}", **extra)
             if "eval_loss" in record and record["eval_loss"] is not None:
                 log.info("step %d: held-out loss %.4f", record["step"], record["eval_loss"])
             return
@@ -37,6 +39,8 @@ class Progress:
                 f"lr {record['lr']:.3g} | grad_norm {record['grad_norm']:.3f} | "
                 f"{record['tokens_per_s']:,.0f} tokens/s | MFU {record['mfu']:.2%} | "
                 f"peak RSS {record['peak_rss_mb']:,.0f} MB")
+        if "loss_scale" in record:
+            line += f" | loss scale {record['loss_scale']:g} | skipped {record['skipped_steps']}"
         if record.get("eval_loss") is not None:
             line += f" | held-out loss {record['eval_loss']:.4f}"
         log.info(line)

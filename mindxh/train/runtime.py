@@ -20,13 +20,15 @@ def configure(recipe: Recipe) -> None:
     """Set MindSpore's device, mode and seed; call once, before any cell is built."""
     import mindspore as ms
 
+    from mindxh.parallel.context import cpu_refusal
+    refusal = cpu_refusal(recipe)  # tensor/pipeline/expert/sequence parallel or zero on CPU
+    if refusal:
+        raise LaunchError(refusal)
     dp = recipe.parallel.data_parallel
     if dp != world_size():
         raise LaunchError(
             f"parallel.data_parallel={dp} but this process runs in a job of {world_size()} "
-            f"rank(s); launch with `msrun --worker_num={dp} --local_worker_num={dp} "
-            f"--master_port=PORT --join=True python -m mindxh train ...` (msrun runs the `python` "
-            f"found on PATH, so the environment with mindxh must come first on it) "
+            f"rank(s); launch with `mindxh launch --nproc {dp} RECIPE` "
             f"or set parallel.data_parallel={world_size()}")
     try:
         ms.set_device(recipe.compile.device)

@@ -4,12 +4,17 @@
 accumulation, `AccumulateStep` runs once per micro-batch (adding grads / k into buffers) and
 `ApplyStep` runs the optimizer on the buffers and clears them. In graph mode each cell
 compiles once; in PyNative mode the same cells run op by op (the debug path).
+With loss scaling (the optimizer holds a `precision.LossScaler`) the cells differentiate
+`loss * scale` and unscale the gradients in float32 before anything else sees them (data-
+parallel mean, accumulation buffers, clipping), so the rest of the step is unchanged; without
+it they build exactly the graph they always did.
 """
 from __future__ import annotations
 
 from mindspore import nn, ops
 
 from mindxh.train.optim import AdamW
+from mindxh.train.precision import ScaledLoss
 
 
 class _DataParallelMean(nn.Cell):
@@ -29,6 +34,14 @@ def _data_parallel_mean(optimizer: AdamW, degree: int):
     return None if degree == 1 else _DataParallelMean(optimizer, degree)
 
 
+def _grad_fn(loss_cell: nn.Cell, optimizer: AdamW):
+    """(*batch) -> (loss, grads), or ((loss * scale, loss), scaled grads) with loss scaling."""
+    if optimizer.loss_scaler is None:
+        return ops.value_and_grad(loss_cell, None, optimizer.params)
+    return ops.value_and_grad(ScaledLoss(loss_cell, optimizer.loss_scaler), None, optimizer.params,
+                              has_aux=True)
+
+
 class TrainStep(nn.Cell):
     """(*batch) -> (loss, grad_norm, lr, ok); `batch` is whatever the loss cell takes."""
 
@@ -36,11 +49,16 @@ class TrainStep(nn.Cell):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
         self.optimizer = optimizer
-        self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
+        self.scaler = optimizer.loss_scaler
+        self.grad_fn = _grad_fn(loss_cell, optimizer)
         self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
 
     def construct(self, *batch):
-        loss, grads = self.grad_fn(*batch)
+        if self.scaler is None:
+            loss, grads = self.grad_fn(*batch)
+        else:  # the true loss; gradients of loss * scale, brought back to scale 1
+            (_, loss), grads = self.grad_fn(*batch)
+            grads = self.scaler.unscale(grads)
         if self.dp_mean is not None:
             loss, grads = self.dp_mean(loss, grads)
         grad_norm, lr, ok = self.optimizer(grads, loss)
@@ -53,13 +71,18 @@ class AccumulateStep(nn.Cell):
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1):
         super().__init__(auto_prefix=False)
         self.loss_cell = loss_cell
-        self.grad_fn = ops.value_and_grad(loss_cell, None, optimizer.params)
+        self.scaler = optimizer.loss_scaler
+        self.grad_fn = _grad_fn(loss_cell, optimizer)
         self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
 
     def construct(self, *batch):
-        loss, grads = self.grad_fn(*batch)
+        if self.scaler is None:
+            loss, grads = self.grad_fn(*batch)
+        else:  # the true loss; gradients of loss * scale, brought back to scale 1
+            (_, loss), grads = self.grad_fn(*batch)
+            grads = self.scaler.unscale(grads)
         if self.dp_mean is not None:
             loss, grads = self.dp_mean(loss, grads)
         for buf, g in zip(self.buffers, grads):

@@ -10,13 +10,13 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from mindxh.config.hardware import lookup_peak, normalise
+from mindxh.utils.fsio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +68,9 @@ def _read_cache(path: Path) -> dict[str, dict]:
 
 
 def _write_cache(path: Path, entries: dict[str, dict]) -> None:
-    """Write via temp file + rename so readers never see a partial file."""
+    """Atomically, so readers never see a partial file; a failure only costs the cache."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"entries": entries}, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_json(path, {"entries": entries})
     except OSError as exc:
         logger.warning("could not write CPU peak cache %s: %s", path, exc)
 

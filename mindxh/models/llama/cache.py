@@ -12,8 +12,20 @@ Graph mode compiles one graph per input shape, so everything here has a static s
   Columns above a row's position may hold stale values; the mask gives them weight exactly 0.
 
 The same cell runs the prompt block (prefill, `[B, P]`) and one token per row (decode,
-`[B, 1]`): two compiled graphs. It shares the Decoder's sub-cells, so it always sees the
-current weights, and it does not rename their parameters (`auto_prefix=False`).
+`[B, 1]`): two compiled graphs. The layers are the Decoder's own (`Decoder.forward_cached`
+runs the same embedding, RoPE and Blocks as training, each Block writing into its
+LayerCache), so the cell always sees the current weights and the architecture is written
+once; this cell only holds the caches and builds the mask and the write index. It does not
+rename the Decoder's parameters (`auto_prefix=False`).
+
+For export (MindIR), `PrefillStep` and `DecodeStep` compute the same thing without state: the
+caches are graph inputs and outputs (`[layers, B, KV, T, D]` for K and for V) and the batch
+may be dynamic. Parameter caches cannot serve there: their shape fixes the batch, and a
+loaded graph keeps its own copy of each Parameter (MindSpore 2.10 does persist in-place
+writes across calls of one GraphCell, but the prefill and decode files would each hold a
+separate cache, and other MindIR runtimes promise nothing about it). Writes there are
+`where(written, one_hot @ new, old)` rather than a scatter, so no index depends on the batch
+size; the values are exactly the scattered ones (one term per sum, the rest exact zeros).
 """
 from __future__ import annotations
 
@@ -68,19 +80,79 @@ class CachedDecoder(nn.Cell):
         return ops.stack((rows, heads, cols), -1)
 
     def construct(self, tokens, positions, out_index):
-        model = self.model
         b, s = tokens.shape
-        cos = ops.gather(model.cos, positions, 0).expand_dims(1)  # [B, 1, S, D]
-        sin = ops.gather(model.sin, positions, 0).expand_dims(1)
         visible = self.columns.reshape(1, 1, -1) <= positions.expand_dims(2)  # [B, S, T]
         mask = ((1.0 - visible.astype(mstype.float32)) * _MASKED).reshape(b, 1, 1, s, self.cache_len)
-        index = self._write_index(positions)
-        x = ops.gather(model.embed, tokens, 0)
-        for layer, cache in zip(model.layers, self.caches):
-            q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
-            k_all, v_all = cache(index, k, v)
-            x = x + layer.attn.attend(q, k_all, v_all, mask)
-            x = x + layer.mlp(layer.mlp_norm(x))
+        x = self.model.forward_cached(tokens, positions, mask, self.caches, self._write_index(positions))
         h = x.shape[-1]
         picked = ops.gather(x.reshape(b * s, h), self.row_ids * s + out_index, 0)  # [B, H]
-        return model.logits(picked)
+        return self.model.logits(picked)
+
+
+class _Given(nn.Cell):
+    """The cache a Block sees in an export step: the already-updated (k, v), passed as `index`."""
+
+    def construct(self, index, k, v):
+        return index
+
+
+class _StatelessStep(nn.Cell):
+    """Shared by PrefillStep and DecodeStep: mask, cache writes and the layer loop.
+
+    Each layer's new keys/values are projected here (`attn.project`, as the Block does) and
+    written into that layer's cache; the Block then runs as in training and generation, its
+    attention reading the updated cache through `_Given`. The graph compiler merges the
+    repeated projection (common subexpressions), so the Block's code is reused, not copied.
+    """
+
+    def __init__(self, model: Decoder, cache_len: int):
+        super().__init__(auto_prefix=False)
+        if cache_len > model.cfg.max_seq_len:
+            raise ValueError(f"cache_len={cache_len} exceeds the model's max_seq_len="
+                             f"{model.cfg.max_seq_len} (its RoPE table)")
+        self.model, self.cache_len = model, cache_len
+        self.given = _Given()
+        self.columns = Tensor(np.arange(cache_len, dtype=np.int32)).reshape(1, 1, cache_len)
+
+    def _run(self, tokens, positions, k_in, v_in):
+        """-> hidden states [B, S, H], updated caches [L, B, KV, T, D] (k_in None: empty)."""
+        model = self.model
+        pos = positions.expand_dims(2)  # [B, S, 1]
+        visible = (self.columns <= pos).astype(mstype.float32)  # [B, S, T]
+        mask = ((1.0 - visible) * _MASKED).expand_dims(1).expand_dims(1)  # [B, 1, 1, S, T]
+        one_hot = (self.columns == pos).astype(mstype.float32).transpose(0, 2, 1)  # [B, T, S]
+        written = one_hot.sum(-1).expand_dims(1).expand_dims(3) > 0  # [B, 1, T, 1]
+        one_hot = one_hot.expand_dims(1)  # [B, 1, T, S]
+        cos, sin = model._rope(positions, tokens.shape[1])
+        x = model._embed(tokens)
+        ks, vs = [], []
+        for i, layer in enumerate(model.layers):
+            _, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
+            k_new, v_new = ops.matmul(one_hot, k), ops.matmul(one_hot, v)  # [B, KV, T, D]
+            if k_in is not None:
+                k_new = ops.where(written, k_new, k_in[i])
+                v_new = ops.where(written, v_new, v_in[i])
+            x = layer(x, cos, sin, mask, self.given, (k_new, v_new))
+            ks.append(k_new)
+            vs.append(v_new)
+        # concat, not ops.stack: a loaded MindIR's Stack keeps the batch of its first call
+        # (MindSpore 2.10), so later calls with another batch size would get stale shapes
+        return x, ops.concat([t.expand_dims(0) for t in ks]), ops.concat([t.expand_dims(0) for t in vs])
+
+
+class PrefillStep(_StatelessStep):
+    """`(tokens [B, S], positions [B, S], out_index [B]) -> (logits [B, V], k, v)`: the prompt
+    block into empty caches `[L, B, KV, T, D]`; logits of the token at `out_index` per row."""
+
+    def construct(self, tokens, positions, out_index):
+        x, k, v = self._run(tokens, positions, None, None)
+        picked = ops.gather(x, out_index, 1, 1)  # [B, H]: row b's token out_index[b]
+        return self.model.logits(picked), k, v
+
+
+class DecodeStep(_StatelessStep):
+    """`(tokens [B, 1], positions [B, 1], k, v) -> (logits [B, V], k, v)`: one token per row."""
+
+    def construct(self, tokens, positions, k_cache, v_cache):
+        x, k, v = self._run(tokens, positions, k_cache, v_cache)
+        return self.model.logits(x[:, 0]), k, v

@@ -4,13 +4,18 @@
                                 RMSNorm -> SwiGLU MLP -> +residual] -> RMSNorm -> logits
 
 Options follow the families: grouped-query attention (num_kv_heads < num_heads, Llama 2/3),
-q/k/v bias (Qwen2), RMSNorm on q and k per head (Qwen3), tied or untied embeddings.
+q/k/v bias (Qwen2), RMSNorm on q and k per head (Qwen3), tied or untied embeddings, and
+DeepSeek-style mixture-of-experts MLPs (`cfg.moe`, moe.py) in place of the SwiGLU.
 Only ops with CPU kernels in both PyNative and graph mode are used, in float32, so the same
 cell trains on a laptop and compiles on Ascend. Weights start from a seeded NumPy generator,
 which makes initialisation independent of the MindSpore mode and bitwise reproducible.
 Weight layout is [out, in] like Hugging Face and mindformers, for checkpoint interchange.
-Attention is split into `project` and `attend` so the key/value-cached decoder for
-generation (cache.py) runs these same cells with a cache in between.
+One structure serves training and generation: `Decoder.construct` (the whole sequence) and
+`Decoder.forward_cached` (generation with a key/value cache, driven by cache.py) share the
+RoPE lookup (`_rope`), the embedding (`_embed`) and the layer loop (`_blocks`), and a Block
+takes an optional `cache`: attention projects q/k/v, writes k/v into the cache and attends
+over all of it when one is given, else attends over the k/v it just computed. `cache is None`
+is a constant, so graph mode compiles only the branch in use.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore import dtype as mstype
 
-from mindxh.config.schema import ModelConfig
+from mindxh.config.schema import ModelConfig, RopeScalingConfig
+from mindxh.models.llama.rope import inv_frequencies
 
 _MASKED = -1e9  # additive mask value: finite, so a fully masked row cannot produce NaN
 
@@ -59,9 +65,11 @@ class RMSNorm(nn.Cell):
         return x * ops.rsqrt(variance + self.eps) * self.weight
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos/sin tables [max_len, head_dim] for rotate-half RoPE (Su et al. 2021)."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+def rope_tables(head_dim: int, max_len: int, theta: float,
+                scaling: RopeScalingConfig | None = None) -> tuple[Tensor, Tensor]:
+    """cos/sin tables [max_len, head_dim] for rotate-half RoPE (Su et al. 2021), with
+    Llama 3.1 frequency scaling when `scaling.type` is llama3 (rope.py)."""
+    inv_freq = inv_frequencies(head_dim, theta, scaling)
     angles = np.outer(np.arange(max_len, dtype=np.float64), inv_freq)
     angles = np.concatenate([angles, angles], axis=-1)
     return Tensor(np.cos(angles).astype(np.float32)), Tensor(np.sin(angles).astype(np.float32))
@@ -91,6 +99,7 @@ class Attention(nn.Cell):
         self.k_norm = RMSNorm(d, cfg.norm_eps) if cfg.qk_norm else None
         self.scale = 1.0 / math.sqrt(d)
         self.matmul_qk = ops.BatchMatMul(transpose_b=True)  # no transposed copy of K (or the cache)
+        self.matmul_pv = ops.matmul  # an attribute so a precision policy can wrap it
 
     def project(self, x, cos, sin):
         """q [B, KV, G*S, D] (the heads of a KV group folded into the query length), k and v
@@ -118,20 +127,24 @@ class Attention(nn.Cell):
         scores = self.matmul_qk(q, k) * self.scale  # [B, KV, G*S, T]
         scores = scores.reshape(b, kv, g, s, t) + mask
         probs = ops.softmax(scores, -1).reshape(b, kv, gs, t)
-        out = ops.matmul(probs, v).reshape(b, kv * g, s, d)  # heads in q's order
+        out = self.matmul_pv(probs, v).reshape(b, kv * g, s, d)  # heads in q's order
         return self.wo(out.transpose(0, 2, 1, 3).reshape(b, s, kv * g * d))
 
-    def construct(self, x, cos, sin, mask):
+    def construct(self, x, cos, sin, mask, cache=None, index=None):
+        """With a `cache` (cache.LayerCache), the new keys/values are written at `index` first
+        and the queries attend over the whole cache (`mask` then spans the cache length)."""
         q, k, v = self.project(x, cos, sin)
+        if cache is not None:
+            k, v = cache(index, k, v)
         return self.attend(q, k, v, mask)
 
 
 class MLP(nn.Cell):
     """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
+    def __init__(self, cfg: ModelConfig, rng: np.random.Generator, width: int | None = None):
         super().__init__()
-        h, f = cfg.hidden_size, cfg.intermediate_size
+        h, f = cfg.hidden_size, width or cfg.intermediate_size  # width: MoE shared experts
         self.gate = Linear(_normal(rng, (f, h), cfg.init_std))
         self.up = Linear(_normal(rng, (f, h), cfg.init_std))
         self.down = Linear(_normal(rng, (h, f), cfg.init_std / math.sqrt(2 * cfg.num_layers)))
@@ -141,16 +154,28 @@ class MLP(nn.Cell):
 
 
 class Block(nn.Cell):
-    def __init__(self, cfg: ModelConfig, rng: np.random.Generator):
+    def __init__(self, cfg: ModelConfig, rng: np.random.Generator, index: int = 0):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.attn = Attention(cfg, rng)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.mlp = MLP(cfg, rng)
+        self.moe = cfg.moe.is_moe_layer(index)
+        if self.moe:  # imported here: moe.py builds on this module's Linear and MLP
+            from mindxh.models.llama.moe import MoE
 
-    def construct(self, x, cos, sin, mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+            self.mlp = MoE(cfg, rng)
+        else:
+            self.mlp = MLP(cfg, rng)
+
+    def construct(self, x, cos, sin, mask, cache=None, index=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, index)
         return x + self.mlp(self.mlp_norm(x))
+
+    def with_aux(self, x, cos, sin, mask):
+        """A mixture-of-experts block's training forward: (output, its balance loss)."""
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        y, aux = self.mlp.with_aux(self.mlp_norm(x))
+        return x + y, aux
 
 
 class Decoder(nn.Cell):
@@ -164,33 +189,68 @@ class Decoder(nn.Cell):
         rng = np.random.default_rng(seed)
         self.embed = Parameter(_normal(rng, (cfg.vocab_size, cfg.hidden_size), cfg.init_std),
                                name="embed.weight")
-        self.layers = nn.CellList([Block(cfg, rng) for _ in range(cfg.num_layers)])
+        self.layers = nn.CellList([Block(cfg, rng, i) for i in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else Linear(
             _normal(rng, (cfg.vocab_size, cfg.hidden_size), cfg.init_std))
-        self.cos, self.sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.cos, self.sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta,
+                                         cfg.rope_scaling)
         causal = np.triu(np.full((cfg.max_seq_len, cfg.max_seq_len), _MASKED, np.float32), 1)
         self.causal_mask = Tensor(causal)
         self.matmul_t = ops.MatMul(transpose_b=True)
 
-    def construct(self, tokens, positions=None, segment_ids=None):
+    def construct(self, tokens, positions=None, segment_ids=None, with_aux=False):
         """`positions` [B, S] restart at 0 in each packed document; `segment_ids` [B, S] keep
-        attention inside a document (tokens attend only to earlier tokens of the same id)."""
+        attention inside a document (tokens attend only to earlier tokens of the same id).
+        `with_aux` (a constant: LossCell's training forward of a mixture-of-experts model)
+        returns (logits, the MoE layers' summed balance loss) and drops tokens over an
+        expert's capacity (moe.py); the plain forward routes every token."""
         b, s = tokens.shape
-        if positions is None:
-            cos, sin = self.cos[:s], self.sin[:s]
-        else:
-            cos = ops.gather(self.cos, positions, 0).expand_dims(1)  # [B, 1, S, D]
-            sin = ops.gather(self.sin, positions, 0).expand_dims(1)
+        cos, sin = self._rope(positions, s)
         mask = self.causal_mask[:s, :s]
         if segment_ids is not None:
             same = segment_ids.expand_dims(2) == segment_ids.expand_dims(1)  # [B, S, S]
             other_doc = (1.0 - same.astype(mstype.float32)) * _MASKED
             mask = (mask + other_doc).reshape(b, 1, 1, s, s)
-        x = ops.gather(self.embed, tokens, 0)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+        if with_aux:
+            x, aux = self._blocks_aux(self._embed(tokens), cos, sin, mask)
+            return self.logits(x), aux
+        x = self._blocks(self._embed(tokens), cos, sin, mask)
         return self.logits(x)
+
+    def forward_cached(self, tokens, positions, mask, caches, index):
+        """Generation: tokens [B, S] at `positions` [B, S] -> hidden states [B, S, H] (before the
+        final norm: the caller picks the rows it needs and calls `logits`). Each layer writes
+        its keys/values into `caches[i]` at `index` and attends over the whole cache through
+        `mask` [B, 1, 1, S, T]; cache.CachedDecoder owns the caches and builds mask and index."""
+        cos, sin = self._rope(positions, tokens.shape[1])
+        return self._blocks(self._embed(tokens), cos, sin, mask, caches, index)
+
+    def _rope(self, positions, s):
+        """cos/sin for the first `s` positions [S, D], or per token [B, 1, S, D]."""
+        if positions is None:
+            return self.cos[:s], self.sin[:s]
+        cos = ops.gather(self.cos, positions, 0).expand_dims(1)
+        sin = ops.gather(self.sin, positions, 0).expand_dims(1)
+        return cos, sin
+
+    def _embed(self, tokens):
+        return ops.gather(self.embed, tokens, 0)
+
+    def _blocks(self, x, cos, sin, mask, caches=None, index=None):
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, None if caches is None else caches[i], index)
+        return x
+
+    def _blocks_aux(self, x, cos, sin, mask):
+        aux = 0.0
+        for layer in self.layers:
+            if layer.moe:
+                x, layer_aux = layer.with_aux(x, cos, sin, mask)
+                aux = aux + layer_aux
+            else:
+                x = layer(x, cos, sin, mask)
+        return x, aux
 
     def logits(self, x):
         """Final norm and output head: hidden states [..., H] -> logits [..., V]."""
@@ -202,14 +262,23 @@ class Decoder(nn.Cell):
 
 
 class LossCell(nn.Cell):
-    """Mean next-token cross entropy (nats) over targets that are not `ignore_index` (-100)."""
+    """Mean next-token cross entropy (nats) over targets that are not `ignore_index` (-100),
+    plus, for a mixture-of-experts model, its balance loss (`moe` is a constant: a dense model
+    compiles exactly the graph it always did)."""
 
     def __init__(self, model: Decoder):
         super().__init__()
         self.model = model
+        self.moe = model.cfg.moe.enabled
 
     def construct(self, inputs, targets, positions=None, segment_ids=None):
+        if self.moe:
+            logits, aux = self.model(inputs, positions, segment_ids, True)
+            return self._cross_entropy(logits, targets) + aux
         logits = self.model(inputs, positions, segment_ids)
+        return self._cross_entropy(logits, targets)
+
+    def _cross_entropy(self, logits, targets):
         vocab = logits.shape[-1]
         return ops.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1),
                                  ignore_index=-100, reduction="mean")

@@ -1,0 +1,1 @@
+"""`mindxh bench`: mindxh against its peers, side by side, in one invocation."""

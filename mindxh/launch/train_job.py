@@ -1,0 +1,57 @@
+"""What `mindxh launch` runs: `python -m mindxh train ...` on every rank, its recipe checked here
+first, so a recipe error is one line before any process starts rather than N rank logs."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mindxh.config import load_recipe
+from mindxh.errors import MindxhError
+
+LOG_SUBDIR = "logs"  # under the run's output directory: msrun's, and every rank's, log
+
+
+class LaunchUsageError(MindxhError, ValueError):
+    """The launch asked for cannot work (too few ranks, a recipe for another rank count)."""
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    args: list[str]  # what follows `python` on every rank
+    output_dir: Path
+    log_dir: Path
+
+
+def plan_train(nproc: int, recipe: str, output_dir: str | None = None,
+               max_steps: int | None = None, resume: bool = False, no_progress: bool = False,
+               overrides: Sequence[str] = (), script: str | None = None) -> TrainJob:
+    """The ranks' command line, and where the run and its logs go. The recipe's
+    parallel.data_parallel must be nproc; when it is 1 (the default) it is set to nproc.
+    `script` (tests only) replaces `-m mindxh` and is handed the same `train ...` arguments."""
+    if nproc < 2:
+        raise LaunchUsageError(f"--nproc {nproc}: data parallel needs at least 2 ranks; for one "
+                               f"process run `mindxh train {recipe}`")
+    train_args = ["train", recipe]
+    own = list(overrides)
+    if output_dir is not None:
+        train_args += ["--output-dir", output_dir]
+        own.append(f"output_dir={output_dir}")
+    if max_steps is not None:
+        train_args += ["--max-steps", str(max_steps)]
+        own.append(f"train.max_steps={max_steps}")
+    train_args += ["--resume"] * resume + ["--no-progress"] * no_progress
+    for override in overrides:
+        train_args += ["--set", override]
+    resolved = load_recipe(recipe, own)
+    dp = resolved.parallel.data_parallel
+    if dp == 1:
+        dp_set = f"parallel.data_parallel={nproc}"
+        train_args += ["--set", dp_set]
+        resolved = load_recipe(recipe, own + [dp_set])  # what the ranks will load: check it now
+    elif dp != nproc:
+        raise LaunchUsageError(f"the recipe says parallel.data_parallel={dp} but --nproc is {nproc}; "
+                               f"pass --nproc {dp}, or --set parallel.data_parallel={nproc}")
+    out = Path(resolved.output_dir).resolve()  # the ranks run in this directory too
+    head = [script] if script is not None else ["-m", "mindxh"]
+    return TrainJob(head + train_args, out, out / LOG_SUBDIR)

@@ -1,0 +1,3 @@
+"""Splitting a model over devices: the MindSpore settings a recipe implies (context.py),
+a family's plan applied to a built model (parallelize.py), and a NumPy replay of tensor
+parallel that checks a plan's splits and collectives (simulate.py)."""

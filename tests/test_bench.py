@@ -1,0 +1,158 @@
+"""The benchmark harness's logic, fast: no framework is timed and nothing asserts a speed.
+
+Performance goals live in the ratios `mindxh bench` prints (docs/performance.md), never in a
+unit test: on a shared CPU a timing assertion only measures the neighbours. What is checked
+here is what would silently corrupt a table: shapes, alternation, the reduction to medians,
+ratios and MFU, failure reporting, and the rendering of every row kind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pytest
+
+from mindxh.bench import harness, report, sections, spec
+from mindxh.cli import bench_cmd
+
+
+def test_configs_are_the_documented_shapes():
+    assert [spec.CONFIGS[n].intermediate for n in ("tiny", "medium", "small")] == [352, 704, 1408]
+    for s in spec.CONFIGS.values():
+        spec.model_config(s).check()
+        rows = spec.token_batches(s, count=2)
+        assert rows[0].shape == (s.batch, s.seq + 1) and rows[0].min() >= 1 and rows[0].max() < spec.VOCAB
+        assert (rows[0] == spec.token_batches(s, count=1)[0]).all()  # same data in every process
+    tiny = spec.CONFIGS["tiny"]
+    non_embedding = spec.parameter_count(tiny) - spec.VOCAB * tiny.hidden
+    assert spec.flops_per_token(tiny) == 6 * non_embedding + 12 * 2 * 4 * 32 * 128
+
+
+def test_alternate_runs_rounds_in_order_and_drops_a_failing_peer():
+    calls = []
+
+    def measure(peer, rnd):
+        calls.append((peer, rnd))
+        return {"error": "boom"} if peer == "B" and rnd == 1 else {"v": rnd}
+
+    runs, errors = harness.alternate(["A", "B", "C"], 3, measure)
+    assert calls == [("A", 0), ("B", 0), ("C", 0), ("A", 1), ("B", 1), ("C", 1), ("A", 2), ("C", 2)]
+    assert errors == {"B": "boom"} and [r["v"] for r in runs["B"]] == [0] and len(runs["C"]) == 3
+
+
+def test_spread_and_ratio():
+    assert harness.spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0, "n": 4}
+    assert harness.spread([])["median"] is None
+    assert harness.ratio(3.0, 2.0) == 1.5 and harness.ratio(None, 2.0) is None
+
+
+def test_child_process_result_and_failure(tmp_path):
+    ok = harness.run_child("peak", {"cache": str(tmp_path / "p.json"), "size": 32, "repeats": 1},
+                           log_file=tmp_path / "peak.log")
+    assert ok["flops"] > 0 and ok["peak_rss_mb"] > 0 and (tmp_path / "peak.log").exists()
+    bad = harness.run_child("no-such-job", {}, log_file=tmp_path / "bad.log")
+    assert bad["error"].startswith("exit 1:") and "KeyError" in bad["error"]
+    gone = harness.run_child("peak", {}, python=tmp_path / "missing-python")
+    assert "could not start" in gone["error"]
+
+
+def test_parse_result_takes_the_last_marked_line():
+    out = "noise\nBENCH_RESULT {\"a\": 1}\nmore noise\nBENCH_RESULT {\"a\": 2}\ntrailer\n"
+    assert harness.parse_result(out) == {"a": 2} and harness.parse_result("nothing") is None
+    assert "ValueError: x" in harness.failure_reason(1, "Traceback\n  line\nValueError: x\n\n")
+    assert "signal 9" in harness.failure_reason(-9, "")
+
+
+def _fake_train_child(job, params, python=None, timeout=None, log_file=None):
+    if job == "train-mindformers":
+        return {"error": "exit 1: ModuleNotFoundError: No module named 'mindformers'"}
+    step = {"mindxh": 0.2, "torch": 0.1}[job.split("-")[1]]
+    return {"first_s": 5.0, "warmup_s": [5.0], "step_s": [step] * params["steps"],
+            "loss_first": 6.0, "loss_last": 5.0, "framework": job, "peak_rss_mb": 100.0}
+
+
+def _opts(**kw):
+    base = dict(repeats=2, steps=3, warmup=1, timeout=None, gen_new=[64], gen_batch=[1],
+                recompute_cap=64, grpo_steps=2)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_train_section_reduces_rounds_to_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(sections, "run_child", _fake_train_child)
+    monkeypatch.setattr(sections, "_weights", lambda work, name, params: "w.safetensors")
+    monkeypatch.setattr(sections, "MF_PYTHON", tmp_path / "python")
+    (tmp_path / "python").touch()
+    out = sections.train("tiny", ["mindxh-graph", "torch-eager", "mindformers"], _opts(), tmp_path,
+                         peak=1e9)
+    rows = {r["peer"]: r for r in out["rows"]}
+    tokens = 8 * 128
+    assert rows["mindxh-graph"]["tokens_per_s"] == pytest.approx(tokens / 0.2)
+    assert rows["torch-eager"]["vs_baseline"] == pytest.approx(2.0)
+    assert rows["mindxh-graph"]["mfu"] == pytest.approx(tokens / 0.2 * out["flops_per_token"] / 1e9)
+    assert rows["mindxh-graph"]["step_s"]["n"] == 6 and rows["mindxh-graph"]["rounds"] == 2
+    assert rows["mindformers"]["rounds"] == 0 and "mindformers" in rows["mindformers"]["error"]
+    monkeypatch.setattr(sections, "MF_PYTHON", tmp_path / "absent")
+    out = sections.train("tiny", ["mindformers"], _opts(), tmp_path, peak=1e9)
+    assert out["rows"][0]["error"].startswith("not installed")
+
+
+def test_agreement_of_greedy_tokens():
+    a = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    assert sections._agreement(a, [list(a[0])])["first_tokens_agree"]
+    late = sections._agreement(a, [[1, 2, 3, 4, 5, 6, 7, 8, 0, 0]])
+    assert late["first_tokens_agree"] and late["token_agreement"] == 0.8
+    short = sections._agreement(a, [[1, 2, 9]])  # recomputation timed over fewer steps
+    assert not short["first_tokens_agree"] and short["compared"] == 3
+    assert sections._agreement(None, a) is None
+
+
+def _result(tmp_path, monkeypatch) -> dict:
+    monkeypatch.setattr(sections, "run_child", _fake_train_child)
+    monkeypatch.setattr(sections, "_weights", lambda work, name, params: "w")
+    monkeypatch.setattr(sections, "MF_PYTHON", tmp_path / "python")
+    (tmp_path / "python").touch()
+    train = sections.train("tiny", ["mindxh-graph", "torch-eager", "mindformers"], _opts(), tmp_path, 1e9)
+    gen_row = {"batch": 1, "new_tokens": 64, "method": "mindxh-recompute", "error": None,
+               "tokens_per_s": 40.0, "wall_s": harness.spread([1.6]), "timed_steps": 32,
+               "first_call_s": 3.0, "cached_vs_this": 5.0,
+               "agreement_with_cached": {"first_tokens_agree": True, "token_agreement": 1.0, "compared": 32}}
+    failed = {**gen_row, "method": "hf-generate", "error": "exit 1: ImportError: torch",
+              "tokens_per_s": None}
+    return {"started": "now", "command": "mindxh bench", "machine": report.machine_info(),
+            "load_start": [1, 1, 1], "load_end": [1, 1, 1], "wall_s": 60.0,
+            "options": vars(_opts()), "train": [train],
+            "generate": [{"config": "tiny", "shape": "s", "prompt_tokens": 32, "frameworks": {},
+                          "rows": [gen_row, failed]}],
+            "grpo": {"error": "exit 1: boom"},
+            "peak": {"flops": 1e9, "method": "numpy", "probes_gflops": [1.0, 0.9]}}
+
+
+def test_markdown_renders_every_row_kind(tmp_path, monkeypatch):
+    md = report.to_markdown(_result(tmp_path, monkeypatch))
+    assert "| mindxh-graph | 5,120 | 200.0 |" in md and "| torch-eager | 10,240 |" in md
+    assert "2.00x" in md and "ModuleNotFoundError" in md
+    assert "mindxh-recompute (32 steps timed)" in md and "ImportError: torch" in md
+    assert "GRPO step" in md and "boom" in md
+    assert report.machine_info()["cores"] >= 1
+
+
+def test_cli_options_are_validated():
+    parser = argparse.ArgumentParser()
+    bench_cmd.register(parser.add_subparsers())
+    opts = bench_cmd.options(parser.parse_args(["bench", "--configs", "tiny", "--gen-new", "64"]))
+    assert opts.configs == ["tiny"] and opts.gen_new == [64] and opts.peers == list(spec.TRAIN_PEERS)
+    for bad in (["--configs", "huge"], ["--peers", "jax"], ["--only", "eval"], ["--repeats", "0"],
+                ["--gen-batch", "x"]):
+        with pytest.raises(bench_cmd.BenchError):
+            bench_cmd.options(parser.parse_args(["bench", *bad]))
+
+
+def test_tools_forward_to_the_cli(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("mindxh.cli.main.main", lambda argv: seen.setdefault("argv", argv) and 0)
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["bench_train_step.py", "--steps", "2"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(harness.REPO_ROOT / "tools" / "bench_train_step.py"), run_name="__main__")
+    assert seen["argv"][0] == "bench" and seen["argv"][-2:] == ["--steps", "2"]
