@@ -72,7 +72,7 @@ def _fake_train_child(job, params, python=None, timeout=None, log_file=None):
 
 
 def _opts(**kw):
-    base = dict(repeats=2, steps=3, warmup=1, timeout=None, gen_new=[64], gen_batch=[1],
+    base = dict(repeats=2, steps=3, pynative_steps=2, warmup=1, timeout=None, gen_new=[64], gen_batch=[1],
                 recompute_cap=64, grpo_steps=2)
     return argparse.Namespace(**{**base, **kw})
 
@@ -82,17 +82,17 @@ def test_train_section_reduces_rounds_to_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(sections, "_weights", lambda work, name, params: "w.safetensors")
     monkeypatch.setattr(sections, "MF_PYTHON", tmp_path / "python")
     (tmp_path / "python").touch()
-    out = sections.train("tiny", ["mindxh-graph", "torch-eager", "mindformers"], _opts(), tmp_path,
-                         peak=1e9)
+    out = sections.train("tiny", ["mindxh-graph", "torch-eager", "mindformers"], _opts(), tmp_path)
+    sections.set_mfu(out, 1e9)
     rows = {r["peer"]: r for r in out["rows"]}
     tokens = 8 * 128
     assert rows["mindxh-graph"]["tokens_per_s"] == pytest.approx(tokens / 0.2)
-    assert rows["torch-eager"]["vs_baseline"] == pytest.approx(2.0)
+    assert rows["torch-eager"]["baseline_over_this"] == pytest.approx(0.5)
     assert rows["mindxh-graph"]["mfu"] == pytest.approx(tokens / 0.2 * out["flops_per_token"] / 1e9)
     assert rows["mindxh-graph"]["step_s"]["n"] == 6 and rows["mindxh-graph"]["rounds"] == 2
     assert rows["mindformers"]["rounds"] == 0 and "mindformers" in rows["mindformers"]["error"]
     monkeypatch.setattr(sections, "MF_PYTHON", tmp_path / "absent")
-    out = sections.train("tiny", ["mindformers"], _opts(), tmp_path, peak=1e9)
+    out = sections.train("tiny", ["mindformers"], _opts(), tmp_path)
     assert out["rows"][0]["error"].startswith("not installed")
 
 
@@ -111,7 +111,8 @@ def _result(tmp_path, monkeypatch) -> dict:
     monkeypatch.setattr(sections, "_weights", lambda work, name, params: "w")
     monkeypatch.setattr(sections, "MF_PYTHON", tmp_path / "python")
     (tmp_path / "python").touch()
-    train = sections.train("tiny", ["mindxh-graph", "torch-eager", "mindformers"], _opts(), tmp_path, 1e9)
+    train = sections.train("tiny", ["mindxh-graph", "torch-eager", "mindformers"], _opts(), tmp_path)
+    sections.set_mfu(train, 1e12)
     gen_row = {"batch": 1, "new_tokens": 64, "method": "mindxh-recompute", "error": None,
                "tokens_per_s": 40.0, "wall_s": harness.spread([1.6]), "timed_steps": 32,
                "first_call_s": 3.0, "cached_vs_this": 5.0,
@@ -128,11 +129,14 @@ def _result(tmp_path, monkeypatch) -> dict:
 
 
 def test_markdown_renders_every_row_kind(tmp_path, monkeypatch):
-    md = report.to_markdown(_result(tmp_path, monkeypatch))
+    result = _result(tmp_path, monkeypatch)
+    md = report.to_markdown(result)
     assert "| mindxh-graph | 5,120 | 200.0 |" in md and "| torch-eager | 10,240 |" in md
-    assert "2.00x" in md and "ModuleNotFoundError" in md
+    assert "0.50x" in md and "ModuleNotFoundError" in md
     assert "mindxh-recompute (32 steps timed)" in md and "ImportError: torch" in md
-    assert "GRPO step" in md and "boom" in md
+    assert "GRPO step" in md and "boom" in md and "MFU above 100%" not in md
+    sections.set_mfu(result["train"][0], 1e9)  # a probe under-read under load
+    assert "MFU above 100%" in report.to_markdown(result)
     assert report.machine_info()["cores"] >= 1
 
 

@@ -1,4 +1,5 @@
-"""The tiny X1 pipeline end to end at toy size: every stage, the report, resume by stage."""
+"""The tiny X1 pipeline end to end at toy size: every stage, the report with its intervals,
+recorded stage inputs, resume by stage, and SFT's early stop (killed and resumed)."""
 import json
 from pathlib import Path
 

@@ -317,7 +317,8 @@ def test_an_interrupted_stage_resumes_only_with_the_same_inputs(tmp_path, monkey
 
     other = tmp_path / "other"  # outputs that carry no record are never reused
     (other / "pretrain").mkdir(parents=True)
-    with pytest.raises(PipelineError, match="stage pretrain.*no inputs recorded.*--restart-from pretrain"):
+    with pytest.raises(PipelineError,
+                       match="stage pretrain.*no inputs recorded.*--restart-from pretrain"):
         runner.run_pipeline(Recipe(output_dir=str(other)))
 
 

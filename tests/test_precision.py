@@ -25,9 +25,10 @@ FORCED = (*FP16, "--set", f"precision.loss_scale_value={2.0 ** 28}",
           "--set", "precision.loss_scale_window=5", "--set", "data.heldout_batches=0")
 # Relative tolerance float16 vs float32 after 30 steps. Float16 rounds each product operand
 # to 11 significant bits (2**-11 ~ 5e-4 relative) and the difference compounds over the
-# steps; measured here: 0.03% (final loss) and 0.02% (held-out). 5% is about the spread of
-# this recipe across seeds at 30 steps, i.e. "trains as well", while a broken policy
-# (gradients not unscaled, underflowed to zero, or updates skipped) is off by 50% or more.
+# steps; measured here: 0.005% (final loss 2.2241 vs 2.2242) and 0.003% (held-out 2.30303 vs
+# 2.30309). 5% leaves room for other CPUs' kernels and longer chaotic divergence while still
+# meaning "trains as well": a broken policy (gradients underflowed to zero, updates skipped)
+# is off by 50% or more at this point of the loss curve; the gradient norms catch the rest.
 REL_TOL = 0.05
 
 
@@ -62,6 +63,10 @@ def test_float16_with_dynamic_loss_scaling_trains_like_float32(runs):
     assert fp16["loss"] == pytest.approx(fp32["loss"], rel=REL_TOL)
     assert fp16["eval_loss"] == pytest.approx(fp32["eval_loss"], rel=REL_TOL)
     assert fp16["loss"] != fp32["loss"]  # the matmuls really ran in float16
+    # Adam hardly sees a constant gradient factor, so a missed unscale would not show in the
+    # loss: the (unscaled, pre-clipping) gradient norms must agree too, at every step
+    for a, b in zip(_metrics(runs["fp32"]), _metrics(runs["fp16"])):
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=REL_TOL), a["step"]
     assert fp16["skipped_steps"] == 0 and fp16["loss_scale"] == 65536.0
     assert "loss_scale" not in fp32 and "skipped_steps" not in fp32  # float32 records as before
 
@@ -76,10 +81,13 @@ def test_a_forced_overflow_is_skipped_counted_and_training_goes_on(runs):
     assert any(b > a for a, b in zip(scales, scales[1:]))  # grew again after clean windows
     skipped = recs[-1]["skipped_steps"]
     assert 8 <= skipped <= 15  # ~9 halvings from 2**28, then an overflow per failed growth
-    # fewer applied updates (30 - skipped) than the float32 run, but learning all the same
-    fp32 = _metrics(runs["fp32"])
+    # it converges: after its 30 - skipped updates it is about where float32 was after as many
+    # (measured: 2.78 after 18 updates vs float32's 2.85 at step 18; its lr schedule, which
+    # counts applied updates only, is less far down the cosine)
+    applied = 30 - skipped
+    fp32 = {r["step"]: r["loss"] for r in _metrics(runs["fp32"])}
     assert recs[-1]["loss"] < 0.6 * recs[0]["loss"]
-    assert recs[-1]["loss"] < fp32[30 - skipped - 1]["loss"] * (1 + REL_TOL) + 0.5
+    assert recs[-1]["loss"] < 1.1 * fp32[applied]
 
 
 def test_a_killed_float16_run_resumes_bitwise_with_its_loss_scale(runs, tiny_tokenizer, tmp_path):
@@ -107,8 +115,11 @@ def test_a_killed_float16_run_resumes_bitwise_with_its_loss_scale(runs, tiny_tok
 # -- the parts, in process ----------------------------------------------------------------
 @pytest.fixture
 def pynative():
+    """PyNative for these in-process checks, the device set first (as RunDir.open does):
+    once a kernel has run, a later test's set_device would be refused."""
     import mindspore as ms
 
+    ms.set_device("CPU")
     previous = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     yield
@@ -178,7 +189,7 @@ def test_a_static_scale_only_counts_overflows(pynative):
     assert _state(s) == (1024.0, 0, 1)
 
 
-def test_the_loss_scale_is_optimizer_state_only_when_scaling():
+def test_the_loss_scale_is_optimizer_state_only_when_scaling(pynative):
     from mindxh.config.schema import OptimConfig
     from mindxh.train.optim import AdamW
 
@@ -189,7 +200,7 @@ def test_the_loss_scale_is_optimizer_state_only_when_scaling():
     assert names == {"loss_scaler.scale", "loss_scaler.clean_steps", "loss_scaler.skipped"}
 
 
-def test_the_guard_skips_overflows_but_stops_what_scaling_cannot_fix():
+def test_the_guard_skips_overflows_but_stops_what_scaling_cannot_fix(pynative):
     from mindxh.train.precision import StepGuard
     from mindxh.train.run import TrainingError
 

@@ -75,10 +75,10 @@ def _x(value) -> str:
 
 
 def _train_md(section: dict) -> list[str]:
-    out = [f"### Train step: {section['config']} ({section['shape']}; "
+    out = [f"#### Train step: {section['config']} ({section['shape']}; "
            f"{section['parameters']:,} parameters; {section['flops_per_token'] / 1e6:.2f} MFLOP/token)",
            "", "| peer | tokens/s | step ms median | min | max | first step s | peak RSS MB | MFU | "
-           f"vs {spec.BASELINE} | loss step 1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           f"{spec.BASELINE} / this | loss step 1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in section["rows"]:
         if r["error"] and not r["rounds"]:
             out.append(f"| {r['peer']} | {r['error']} | | | | | | | | |")
@@ -88,7 +88,7 @@ def _train_md(section: dict) -> list[str]:
                    f"{_f(1e3 * st['min'], '.1f')} | {_f(1e3 * st['max'], '.1f')} | "
                    f"{_f(r['first_step_s'], '.1f')} | {_f(r['peak_rss_mb'])} | "
                    f"{_f(100 * r['mfu'] if r['mfu'] is not None else None, '.1f')}% | "
-                   f"{_x(r['vs_baseline'])} | {_f(r['loss_first'], '.5f')} |")
+                   f"{_x(r['baseline_over_this'])} | {_f(r['loss_first'], '.5f')} |")
     frameworks = [f"{r['peer']}: {r['framework']}" for r in section["rows"] if r["framework"]]
     notes = [f"{r['peer']} stopped after {r['rounds']} round(s): {r['error']}"
              for r in section["rows"] if r["error"] and r["rounds"]]
@@ -96,7 +96,7 @@ def _train_md(section: dict) -> list[str]:
 
 
 def _gen_md(section: dict) -> list[str]:
-    out = [f"### Generation: {section['config']} ({section['shape']}; prompt "
+    out = [f"#### Generation: {section['config']} ({section['shape']}; prompt "
            f"{section['prompt_tokens']} tokens, greedy, fp32)", "",
            "| batch | new tokens | method | tokens/s | wall s | first call s | cached / this | "
            "first 8 tokens = cached | token agreement |", "|---:|---:|---|---:|---:|---:|---:|---|---:|"]
@@ -116,11 +116,11 @@ def _gen_md(section: dict) -> list[str]:
 
 def _grpo_md(g: dict) -> list[str]:
     if "error" in g:
-        return ["### GRPO step", "", f"failed: {g['error']}", ""]
+        return ["#### GRPO step", "", f"failed: {g['error']}", ""]
     ph, total = g["phases_median_s"], g["step_s"]
     rows = [f"| {name} | {ph[key]:.4f} | {100 * ph[key] / total:.2f}% |"
             for name, key in (("sampling", "sample_s"), ("reward", "reward_s"), ("update", "update_s"))]
-    return [f"### GRPO step: {g['recipe']} ({g['rollouts_per_step']} rollouts x up to "
+    return [f"#### GRPO step: {g['recipe']} ({g['rollouts_per_step']} rollouts x up to "
             f"{g['max_new_tokens']} tokens per step; median of {g['timed_steps']} steps after the "
             "first)", "", "| phase | s / step | share |", "|---|---:|---:|", *rows,
             f"| **total** | {total:.3f} | 100% |", "",
@@ -132,7 +132,7 @@ def _grpo_md(g: dict) -> list[str]:
 def to_markdown(result: dict) -> str:
     m, o = result["machine"], result["options"]
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items() if val)
-    lines = [f"## mindxh bench ({result['started']})", "",
+    lines = [f"### mindxh bench ({result['started']})", "",
              f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
              f"{m['memory_gib']} GiB; {m['platform']}; Python {m['python']}",
              f"- versions: {v}; mindformers venv: {m['mindformers_venv'] or 'none'}",
@@ -143,10 +143,17 @@ def to_markdown(result: dict) -> str:
              f"{spec.OPTIM['weight_decay']} on matrices, clip {spec.OPTIM['grad_clip']}); vocab "
              f"{spec.VOCAB}; FFN {spec.FFN_RATIO} x hidden rounded to a multiple of {spec.FFN_MULTIPLE}; "
              "untied head; random token ids, identical initial weights in every peer",
-             f"- {o['repeats']} alternated round(s) per peer, one process each; {o['warmup']} warm-up "
-             f"step(s) excluded, {o['steps']} timed steps per round; medians over all timed steps",
-             f"- MFU peak: {result['peak']['method']}: {result['peak']['flops'] / 1e9:.1f} GFLOP/s "
-             f"(best of the probes at start and end: {result['peak']['probes_gflops']} GFLOP/s)", ""]
+             f"- {o['repeats']} alternated round(s) per peer, one process each"]
+    if "train" in result:
+        lines[-1] += (f"; train: {o['warmup']} warm-up step(s) excluded, {o['steps']} timed steps "
+                      f"per round ({min(o['steps'], o['pynative_steps'])} for PyNative), medians "
+                      "over all timed steps")
+        lines.append(f"- MFU peak: {result['peak']['method']}: {result['peak']['flops'] / 1e9:.1f} "
+                     f"GFLOP/s (the best of this run's probes: {result['peak']['probes_gflops']})")
+    if any((r["mfu"] or 0) > 1 for s in result.get("train", []) for r in s["rows"]):
+        lines.append("- **MFU above 100%: every probe ran under load, so the peak is under-read "
+                     "and no MFU of this run means anything**")
+    lines.append("")
     for section in result.get("train", []):
         lines += _train_md(section)
     for section in result.get("generate", []):

@@ -1,7 +1,8 @@
 """One invocation, every section: probe the peak, run the sections, probe again, write.
 
-The GEMM probe runs at the start and at the end and the higher reading is the MFU peak: on
-a shared machine a single probe taken during someone else's burst would flatter every MFU.
+The GEMM probe runs at the start, after each train config and at the end, and the highest
+reading is the MFU peak: on a shared machine a single probe taken during someone else's burst
+would flatter every MFU (a loaded 2-core machine read 13 GFLOP/s against ~88 quiet).
 Scratch files (weights, the GRPO run) live under OUT/work and are removed at the end; the
 children's logs stay in OUT/work/logs, where a failed peer's full error can be read.
 """
@@ -39,24 +40,24 @@ def run(opts: Namespace, command: str) -> dict:
                     "load_start": [round(x, 2) for x in os.getloadavg()],
                     "options": {"configs": opts.configs, "peers": opts.peers, "only": opts.only,
                                 "repeats": opts.repeats, "steps": opts.steps, "warmup": opts.warmup,
+                                "pynative_steps": opts.pynative_steps,
                                 "gen_batch": opts.gen_batch, "gen_new": opts.gen_new,
                                 "recompute_cap": opts.recompute_cap, "grpo_steps": opts.grpo_steps}}
     probes = [_peak(work)]
     log(f"GEMM probe: {probes[0]['flops'] / 1e9:.1f} GFLOP/s")
     if "train" in opts.only:
-        result["train"] = [sections.train(c, opts.peers, opts, work, probes[0]["flops"])
-                           for c in opts.configs]
+        result["train"] = []
+        for config in opts.configs:
+            result["train"].append(sections.train(config, opts.peers, opts, work))
+            probes.append(_peak(work))  # more chances to catch a quiet moment
     if "generate" in opts.only:
         result["generate"] = [sections.generate(c, opts.peers, opts, work) for c in opts.configs]
     if "grpo" in opts.only:
         result["grpo"] = sections.grpo(opts, work)
     probes.append(_peak(work))
     best = max(p["flops"] for p in probes)
-    if best != probes[0]["flops"]:  # MFU against the better probe, as the docstring says
-        for section in result.get("train", []):
-            for row in section["rows"]:
-                if row["mfu"] is not None:
-                    row["mfu"] *= probes[0]["flops"] / best
+    for section in result.get("train", []):
+        sections.set_mfu(section, best)
     result["peak"] = {"flops": best, "method": probes[0]["method"],
                       "probes_gflops": [round(p["flops"] / 1e9, 1) for p in probes]}
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -36,7 +36,7 @@ def _train_job(peer: str, params: dict) -> tuple[str, dict, str | None] | str:
     raise ValueError(f"unknown peer {peer!r}; expected one of {', '.join(spec.TRAIN_PEERS)}")
 
 
-def train(config: str, peers: list[str], opts, work: Path, peak: float) -> dict:
+def train(config: str, peers: list[str], opts, work: Path) -> dict:
     """Train-step rows for one config: every peer's step times over `opts.repeats` rounds."""
     s = spec.shape(config)
     weights = _weights(work, f"{config}-train", {"config": config})
@@ -49,6 +49,8 @@ def train(config: str, peers: list[str], opts, work: Path, peak: float) -> dict:
             return {"error": job}
         log(f"train {config}: {peer}, round {rnd + 1}/{opts.repeats}")
         name, params, python = job
+        if peer == "mindxh-pynative":  # op by op: 5-10x slower, so fewer steps
+            params = {**params, "steps": min(opts.steps, opts.pynative_steps)}
         return run_child(name, params, python, opts.timeout,
                          work / "logs" / f"train-{config}-{peer}-r{rnd + 1}.log")
 
@@ -65,14 +67,21 @@ def train(config: str, peers: list[str], opts, work: Path, peak: float) -> dict:
             "framework": rr[0]["framework"] if rr else None, "tokens_per_s": tps,
             "step_s": times, "first_step_s": spread(r["first_s"] for r in rr)["median"],
             "peak_rss_mb": max((r["peak_rss_mb"] for r in rr), default=None),
-            "mfu": tps * fpt / peak if tps and peak else None,
+            "mfu": None,  # set_mfu, once the run's best GEMM probe is known
             "loss_first": rr[0]["loss_first"] if rr else None,
             "round_medians_s": [spread(r["step_s"])["median"] for r in rr]})
     baseline = next((r["tokens_per_s"] for r in rows if r["peer"] == spec.BASELINE), None)
-    for row in rows:
-        row["vs_baseline"] = ratio(row["tokens_per_s"], baseline)
+    for row in rows:  # > 1: mindxh graph mode is that many times faster than this peer
+        row["baseline_over_this"] = ratio(baseline, row["tokens_per_s"])
     return {"config": config, "shape": s.describe(), "parameters": spec.parameter_count(s),
             "flops_per_token": fpt, "tokens_per_step": tokens_per_step, "rows": rows}
+
+
+def set_mfu(section: dict, peak: float) -> None:
+    """MFU of every row: model FLOP/s (README convention) over the GEMM probe's FLOP/s."""
+    for row in section["rows"]:
+        tps = row["tokens_per_s"]
+        row["mfu"] = tps * section["flops_per_token"] / peak if tps else None
 
 
 def _gen_methods(peers: list[str]) -> list[str]:
@@ -113,20 +122,21 @@ def generate(config: str, peers: list[str], opts, work: Path) -> dict:
     rows = []
     for i, (batch, new) in enumerate(cases):
         per = {m: [r["cases"][i] for r in runs[m]] for m in methods}
-        speed = {m: spread(c["tokens_per_s"] for c in per[m])["median"] for m in methods}
+        walls = {m: spread(c["wall_s"] for c in per[m]) for m in methods}
+        steps = {m: per[m][0]["timed_steps"] if per[m] else None for m in methods}
+        speed = {m: batch * steps[m] / walls[m]["median"] if per[m] else None for m in methods}
         tokens = {m: per[m][0]["tokens"] if per[m] else None for m in methods}
         for m in methods:
             rows.append({
                 "batch": batch, "new_tokens": new, "method": m, "error": errors.get(m),
-                "tokens_per_s": speed[m], "wall_s": spread(c["wall_s"] for c in per[m]),
-                "timed_steps": per[m][0]["timed_steps"] if per[m] else None,
+                "tokens_per_s": speed[m], "wall_s": walls[m], "timed_steps": steps[m],
                 "first_call_s": spread(c["first_s"] for c in per[m])["median"],
                 "cached_vs_this": ratio(speed.get("mindxh-cached"), speed[m]),
                 "agreement_with_cached": None if m == "mindxh-cached" else _agreement(
                     tokens.get("mindxh-cached"), tokens[m])})
     frameworks = {m: runs[m][0]["framework"] for m in methods if runs[m]}
-    return {"config": config, "shape": spec.shape(config).describe(batch=False), "prompt_tokens": spec.GEN_PROMPT,
-            "frameworks": frameworks, "rows": rows}
+    return {"config": config, "shape": spec.shape(config).describe(batch=False),
+            "prompt_tokens": spec.GEN_PROMPT, "frameworks": frameworks, "rows": rows}
 
 
 def grpo(opts, work: Path) -> dict:

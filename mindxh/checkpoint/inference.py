@@ -7,7 +7,7 @@ exactly that text; the tokenizer is the recipe's `tokenizer.path`, else the run 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mindxh.checkpoint import store as ckpt
@@ -16,7 +16,7 @@ from mindxh.config import Recipe, RecipeError, load_recipe_text
 from mindxh.models.llama.model import build_model
 from mindxh.tokenizer import Tokenizer
 
-__all__ = ["load_for_inference", "resolve_checkpoint"]
+__all__ = ["SavedModel", "load_for_inference", "load_saved", "resolve_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,20 @@ def _tokenizer_path(recipe: Recipe, checkpoint_dir: Path) -> Path:
                             f"{' and '.join(str(c) for c in candidates)}")
 
 
-def load_for_inference(path: str | Path):
-    """`(model, tokenizer, recipe, checkpoint_dir)` from a checkpoint or run directory.
+@dataclass(frozen=True)
+class SavedModel:
+    """A checkpoint with what is needed to use it: its recipe (model.vocab_size resolved from
+    the tokenizer when the recipe left it null) and its tokenizer."""
 
-    The model is built in the current MindSpore mode, with the checkpoint's weights.
-    """
+    checkpoint_dir: Path
+    checkpoint: ckpt.Checkpoint
+    recipe: Recipe
+    tokenizer_path: Path
+    tokenizer: Tokenizer
+
+
+def load_saved(path: str | Path) -> SavedModel:
+    """A checkpoint or run directory read back, tensors as NumPy arrays (no model built)."""
     checkpoint_dir = resolve_checkpoint(path)
     state = ckpt.load_checkpoint(checkpoint_dir)
     try:
@@ -70,8 +79,19 @@ def load_for_inference(path: str | Path):
         raise CheckpointError(f"tokenizer {tok_path}: {exc}") from None
     if recipe.model.vocab_size is None:
         recipe = replace(recipe, model=replace(recipe.model, vocab_size=tokenizer.vocab_size))
+    return SavedModel(checkpoint_dir, state, recipe, tok_path, tokenizer)
+
+
+def load_for_inference(path: str | Path):
+    """`(model, tokenizer, recipe, checkpoint_dir)` from a checkpoint or run directory.
+
+    The model is built in the current MindSpore mode, with the checkpoint's weights.
+    """
+    saved = load_saved(path)
+    recipe, checkpoint_dir = saved.recipe, saved.checkpoint_dir
     model = build_model(recipe.model, recipe.seed)
-    ckpt.assign_tensors(state.model, model.parameters_and_names(), checkpoint_dir / ckpt.MODEL_FILE)
+    ckpt.assign_tensors(saved.checkpoint.model, model.parameters_and_names(),
+                        checkpoint_dir / ckpt.MODEL_FILE)
     model.set_train(False)
-    log.info("loaded %s (step %d)", checkpoint_dir, state.step)
-    return model, tokenizer, recipe, checkpoint_dir
+    log.info("loaded %s (step %d)", checkpoint_dir, saved.checkpoint.step)
+    return model, saved.tokenizer, recipe, checkpoint_dir

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", default="train,generate,grpo", help="sections: train, generate, grpo")
     p.add_argument("--repeats", type=int, default=3, help="alternated rounds per peer (processes)")
     p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
+    p.add_argument("--pynative-steps", type=int, default=5,
+                   help="timed steps per round for mindxh-pynative (at most --steps)")
     p.add_argument("--warmup", type=int, default=3, help="untimed train steps first (compilation)")
     p.add_argument("--gen-batch", default=",".join(map(str, spec.GEN_BATCH)), metavar="B,B")
     p.add_argument("--gen-new", default=",".join(map(str, spec.GEN_NEW)), metavar="N,N",
@@ -65,7 +67,7 @@ def options(args: argparse.Namespace) -> argparse.Namespace:
         opts.gen_new = parse_ints(args.gen_new, "--gen-new")
     except ValueError as exc:
         raise BenchError(str(exc)) from None
-    for name in ("repeats", "steps", "warmup", "recompute_cap", "grpo_steps"):
+    for name in ("repeats", "steps", "pynative_steps", "warmup", "recompute_cap", "grpo_steps"):
         if getattr(opts, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
     if not Path(opts.grpo_recipe).is_file() and "grpo" in opts.only:
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         f"--{k} {','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in (
             ("configs", opts.configs), ("peers", opts.peers), ("only", opts.only),
             ("repeats", opts.repeats), ("steps", opts.steps), ("warmup", opts.warmup),
+            ("pynative-steps", opts.pynative_steps), ("recompute-cap", opts.recompute_cap),
+            ("grpo-steps", opts.grpo_steps),
             ("gen-batch", opts.gen_batch), ("gen-new", opts.gen_new), ("out", opts.out)))
     result = run_bench(opts, command)
     md, js = write(result, Path(opts.out))

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class GenerationStats:
     chunks: int = 0
     new_tokens: int = 0  # tokens kept in completions
     decode_steps: int = 0  # one-token steps of the whole batch
+    decode_rows: int = 0  # rows those steps ran (a dynamic backend's last chunk may be smaller)
     prefill_s: float = 0.0
     decode_s: float = 0.0  # decode steps and host-side sampling
     batch_size: int = 0
@@ -69,7 +71,7 @@ class GenerationStats:
     @property
     def decode_rows_per_s(self) -> float:
         """Row-tokens the decode step processes per second (every row, finished or not)."""
-        return self.decode_steps * self.batch_size / self.decode_s if self.decode_s else 0.0
+        return self.decode_rows / self.decode_s if self.decode_s else 0.0
 
 
 def _check_sizes(batch_size: int, max_len: int, prompt_bucket: int) -> None:
@@ -212,6 +214,7 @@ class BatchGenerator:
             logits = self.backend.decode(feed, positions.reshape(b, 1))
             positions += 1
             stats.decode_steps += 1
+            stats.decode_rows += b
         stats.decode_s += time.perf_counter() - t0
         stats.new_tokens += sum(len(x) for x in ids)
         return [Completion(ids=i, text=self.tokenizer.decode(i), finish_reason=reason, logprobs=lp)

@@ -71,7 +71,10 @@ def read_manifest(directory: str | Path) -> dict:
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise ExportedModelError(f"{path}: missing keys {missing}")
-    for name, entry in manifest["files"].items():
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+        raise ExportedModelError(f"{path}: 'files' must map file names to {{bytes, sha256}}")
+    for name, entry in files.items():
         _verify(d / name, entry)
     return manifest
 

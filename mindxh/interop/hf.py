@@ -15,14 +15,13 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from mindxh.checkpoint import store as ckpt
-from mindxh.checkpoint.inference import _tokenizer_path, resolve_checkpoint
+from mindxh.checkpoint.inference import SavedModel, load_saved
 from mindxh.config import (
     OptimConfig,
     Recipe,
@@ -35,7 +34,11 @@ from mindxh.config import (
 from mindxh.config.errors import InvalidValue
 from mindxh.config.schema import ModelConfig
 from mindxh.interop import safetensors_io as st
-from mindxh.interop.hf_config import ConversionError, hf_config_from_model, model_config_from_hf
+from mindxh.interop.hf_config import (
+    ConversionError,
+    hf_config_from_model,
+    model_config_from_hf,
+)
 from mindxh.models.llama import state_dict_adapter as names
 from mindxh.tokenizer import Tokenizer
 
@@ -126,6 +129,24 @@ def _load_tokenizer(path: Path):
         raise ConversionError(f"tokenizer {path}: {exc}") from None
 
 
+def checked_tensors(loaded: SavedModel) -> dict:
+    """The checkpoint's model tensors, each present with the shape its recipe's model needs;
+    an unexpected, missing or misshapen tensor is a ConversionError naming it."""
+    model, saved = loaded.recipe.model, loaded.checkpoint.model
+    expected = names.expected_shapes(model)
+    where = loaded.checkpoint_dir / ckpt.MODEL_FILE
+    for name in saved:
+        if name not in expected:
+            raise ConversionError(f"{where}: unexpected tensor '{name}' for this recipe's model")
+    for name, shape in expected.items():
+        arr = saved.get(name)
+        if arr is None or arr.shape != shape:
+            found = "missing" if arr is None else f"of shape {list(arr.shape)}"
+            raise ConversionError(f"{where}: tensor '{name}' is {found}; the recipe's model needs "
+                                  f"{list(shape)}")
+    return {name: saved[name] for name in expected}
+
+
 def _fresh_dir(out: Path) -> Path:
     """A hidden sibling to fill before renaming it to `out`, which must be absent or empty."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -214,36 +235,16 @@ def _source_dtype(hf_cfg: dict) -> str:
 def mindxh_to_hf(checkpoint: str | Path, out: str | Path, dtype: str = "auto") -> Path:
     """Write a Hugging Face model directory from a mindxh checkpoint or run directory."""
     out = Path(out)
-    checkpoint_dir = resolve_checkpoint(checkpoint)
-    saved = ckpt.load_checkpoint(checkpoint_dir)
-    try:
-        recipe = load_recipe_text(saved.recipe_text, checkpoint_dir / ckpt.RECIPE_FILE)
-    except RecipeError as exc:
-        raise ConversionError(f"its recipe cannot be loaded: {exc}") from None
-    tok_src = _tokenizer_path(recipe, checkpoint_dir)
-    tok = _load_tokenizer(tok_src)
-    model = recipe.model
-    if model.vocab_size is None:
-        model = replace(model, vocab_size=tok.vocab_size)
+    loaded = load_saved(checkpoint)
+    saved, model = loaded.checkpoint, loaded.recipe.model
+    tok, tok_src = loaded.tokenizer, loaded.tokenizer_path
     source = saved.state.get("converted_from", {}).get("config", {})
     if dtype == "auto":
         dtype = _source_dtype(source)
     if dtype not in st.DTYPE_CODES:
         raise ConversionError(f"--dtype {dtype}: expected auto or one of "
                               f"{', '.join(st.DTYPE_CODES)}")
-    expected = names.expected_shapes(model)
-    where = checkpoint_dir / ckpt.MODEL_FILE
-    for name in saved.model:
-        if name not in expected:
-            raise ConversionError(f"{where}: unexpected tensor '{name}' for this recipe's model")
-    hf_tensors = {}
-    for name, shape in expected.items():
-        arr = saved.model.get(name)
-        if arr is None or arr.shape != shape:
-            found = "missing" if arr is None else f"of shape {list(arr.shape)}"
-            raise ConversionError(f"{where}: tensor '{name}' is {found}; the recipe's model needs "
-                                  f"{list(shape)}")
-        hf_tensors[names.to_hf_name(name)] = arr
+    hf_tensors = {names.to_hf_name(name): arr for name, arr in checked_tensors(loaded).items()}
     bos = source.get("bos_token_id", tok.bos_id if tok.bos_id >= 0 else None)
     eos = source.get("eos_token_id", tok.eos_id if tok.eos_id >= 0 else None)
     hf_cfg = hf_config_from_model(model, dtype, bos, eos, source.get("max_position_embeddings"))

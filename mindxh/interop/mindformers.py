@@ -16,20 +16,26 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from mindxh.checkpoint import store as ckpt
-from mindxh.checkpoint.inference import _tokenizer_path, resolve_checkpoint
-from mindxh.config import RecipeError, load_recipe_text, recipe_to_yaml
+from mindxh.checkpoint.inference import load_saved
+from mindxh.config import recipe_to_yaml
 from mindxh.config.errors import InvalidValue
 from mindxh.config.schema import ModelConfig
 from mindxh.interop import mindformers_config as mfc
 from mindxh.interop import safetensors_io as st
-from mindxh.interop.hf import _fresh_dir, _load_tokenizer, _publish, _recipe, _share
+from mindxh.interop.hf import (
+    _fresh_dir,
+    _load_tokenizer,
+    _publish,
+    _recipe,
+    _share,
+    checked_tensors,
+)
 from mindxh.interop.hf_config import ConversionError
 from mindxh.models.llama import state_dict_adapter as names
 
@@ -263,28 +269,10 @@ def mindformers_to_mindxh(checkpoint: str | Path, config: str | Path, out: str |
 
 def _saved_model(checkpoint: str | Path):
     """(checkpoint dir, Checkpoint, ModelConfig, tokenizer path, tokenizer), tensors checked."""
-    checkpoint_dir = resolve_checkpoint(checkpoint)
-    saved = ckpt.load_checkpoint(checkpoint_dir)
-    try:
-        recipe = load_recipe_text(saved.recipe_text, checkpoint_dir / ckpt.RECIPE_FILE)
-    except RecipeError as exc:
-        raise ConversionError(f"its recipe cannot be loaded: {exc}") from None
-    tok_src = _tokenizer_path(recipe, checkpoint_dir)
-    tok = _load_tokenizer(tok_src)
-    model = recipe.model
-    if model.vocab_size is None:
-        model = replace(model, vocab_size=tok.vocab_size)
-    expected, where = names.expected_shapes(model), checkpoint_dir / ckpt.MODEL_FILE
-    for name in saved.model:
-        if name not in expected:
-            raise ConversionError(f"{where}: unexpected tensor '{name}' for this recipe's model")
-    for name, shape in expected.items():
-        arr = saved.model.get(name)
-        if arr is None or arr.shape != shape:
-            found = "missing" if arr is None else f"of shape {list(arr.shape)}"
-            raise ConversionError(f"{where}: tensor '{name}' is {found}; the recipe's model "
-                                  f"needs {list(shape)}")
-    return checkpoint_dir, saved, model, tok_src, tok
+    loaded = load_saved(checkpoint)
+    checked_tensors(loaded)
+    return (loaded.checkpoint_dir, loaded.checkpoint, loaded.recipe.model, loaded.tokenizer_path,
+            loaded.tokenizer)
 
 
 def mindxh_to_mindformers(checkpoint: str | Path, out: str | Path, qkv_concat: bool | None = None,

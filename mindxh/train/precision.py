@@ -3,8 +3,9 @@
 Compute dtype. Parameters stay float32 (the master weights the optimizer updates); only the
 matrix products run in `compute_dtype`. `apply_compute_dtype` replaces every MatMul and
 BatchMatMul primitive, and `ops.matmul` function, a cell holds as an attribute (Linear,
-attention's q.k and probs.v, the tied output head) by `CastMatMul`, which casts both operands to the compute dtype and the product back
-to float32. Everything between the products (embedding lookup, RoPE, RMSNorm statistics,
+attention's q.k and probs.v, the tied output head, MoE experts; not MoE routers) by
+`CastMatMul`, which casts both operands to the compute dtype and the product back to
+float32. Everything between the products (embedding lookup, RoPE, RMSNorm statistics,
 softmax, residuals, the loss) therefore stays float32 without the model knowing about
 precision, and the cast's gradient brings float32 gradients back to the master weights.
 This is applied from outside so that a float32 recipe builds the same graph as before
@@ -99,11 +100,11 @@ class LossScaler(nn.Cell):
                                  requires_grad=False)
 
     def unscale(self, grads):
-        inv = 1.0 / self.scale[0]  # a power of the factor: the products are exact
+        inv = 1.0 / self.scale[0]  # a power of 2 with the defaults: the products are exact
         return tuple(g * inv for g in grads)
 
     def construct(self, ok):
-        """Update after a step whose gradients were finite (`ok`) or not; returns nothing useful."""
+        """Update after a step whose gradients were finite (`ok`) or not; returns `ok`."""
         overflow = ops.logical_not(ok)
         ops.assign(self.skipped, self.skipped + overflow.astype(mstype.int32))
         if self.dynamic:
@@ -152,10 +153,10 @@ class StepGuard:
             return
         used, self.scale = self.scale, self._read_scale()
         if not math.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({loss}) at step {step} with compute in reduced "
-                                "precision: the forward pass overflowed, which loss scaling cannot "
-                                "fix; parameters were not updated and no checkpoint was written. "
-                                "Use precision.compute_dtype float32 or lower optim.lr.")
+            raise TrainingError(f"non-finite loss ({loss}) at step {step}: the forward pass "
+                                "overflowed, which loss scaling cannot fix; parameters were not "
+                                "updated and no checkpoint was written. Lower optim.lr or use "
+                                "precision.compute_dtype float32.")
         if ok:
             return
         if used <= 1.0:

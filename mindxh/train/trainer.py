@@ -250,7 +250,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
 
     def run(self) -> TrainResult:
-        from mindxh.train.precision import StepGuard  # imports mindspore: not at module import
+        from mindxh.train.precision import StepGuard  # (mindspore: not at module import)
 
         start_wall = time.perf_counter()
         s = _Session.open(self.recipe, self.out, self.resume)

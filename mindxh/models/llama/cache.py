@@ -24,8 +24,12 @@ may be dynamic. Parameter caches cannot serve there: their shape fixes the batch
 loaded graph keeps its own copy of each Parameter (MindSpore 2.10 does persist in-place
 writes across calls of one GraphCell, but the prefill and decode files would each hold a
 separate cache, and other MindIR runtimes promise nothing about it). Writes there are
-`where(written, one_hot @ new, old)` rather than a scatter, so no index depends on the batch
-size; the values are exactly the scattered ones (one term per sum, the rest exact zeros).
+`one_hot @ new` (prefill, into empty caches: one term per sum, the rest exact zeros) and a
+TensorScatterElements along the column axis (decode), indexed by the positions alone, so no
+index depends on the batch size; both give exactly the values ScatterNdUpdate writes, and
+the logits equal CachedDecoder's bit for bit at the same batch size. Measured on 2 CPU cores
+(tiny model, batch 16, cache 256), decoding takes 1.3-2.3x CachedDecoder's time, most of it
+MindSpore's dynamic-shape execution (a plain forward pass: 4.5 ms static, 20 ms dynamic).
 """
 from __future__ import annotations
 
@@ -115,23 +119,29 @@ class _StatelessStep(nn.Cell):
         self.columns = Tensor(np.arange(cache_len, dtype=np.int32)).reshape(1, 1, cache_len)
 
     def _run(self, tokens, positions, k_in, v_in):
-        """-> hidden states [B, S, H], updated caches [L, B, KV, T, D] (k_in None: empty)."""
+        """-> hidden states [B, S, H], updated caches [L, B, KV, T, D]. Prefill (`k_in` None)
+        writes S tokens into empty caches; decode (S = 1) writes one column per row."""
         model = self.model
         pos = positions.expand_dims(2)  # [B, S, 1]
         visible = (self.columns <= pos).astype(mstype.float32)  # [B, S, T]
         mask = ((1.0 - visible) * _MASKED).expand_dims(1).expand_dims(1)  # [B, 1, 1, S, T]
-        one_hot = (self.columns == pos).astype(mstype.float32).transpose(0, 2, 1)  # [B, T, S]
-        written = one_hot.sum(-1).expand_dims(1).expand_dims(3) > 0  # [B, 1, T, 1]
-        one_hot = one_hot.expand_dims(1)  # [B, 1, T, S]
         cos, sin = model._rope(positions, tokens.shape[1])
         x = model._embed(tokens)
+        # where the new keys go (graph mode wants the name bound on both branches)
+        if k_in is None:  # one-hot [B, 1, T, S]: 1 where column t receives token s
+            target = (self.columns == pos).astype(mstype.float32).transpose(0, 2, 1).expand_dims(1)
+        else:  # the column [B, 1, 1, 1]; caches per layer by unstack, not k_in[i] (a slow gather)
+            target = positions.reshape(-1, 1, 1, 1)
+            k_in, v_in = ops.unstack(k_in, 0), ops.unstack(v_in, 0)
         ks, vs = [], []
         for i, layer in enumerate(model.layers):
-            _, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
-            k_new, v_new = ops.matmul(one_hot, k), ops.matmul(one_hot, v)  # [B, KV, T, D]
-            if k_in is not None:
-                k_new = ops.where(written, k_new, k_in[i])
-                v_new = ops.where(written, v_new, v_in[i])
+            _, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)  # k, v [B, KV, S, D]
+            if k_in is None:
+                k_new, v_new = ops.matmul(target, k), ops.matmul(target, v)  # [B, KV, T, D]
+            else:  # 3-5x cheaper than a broadcast select or a one-hot matmul on CPU
+                index = ops.zeros_like(k).astype(mstype.int32) + target
+                k_new = ops.tensor_scatter_elements(k_in[i], index, k, axis=2)
+                v_new = ops.tensor_scatter_elements(v_in[i], index, v, axis=2)
             x = layer(x, cos, sin, mask, self.given, (k_new, v_new))
             ks.append(k_new)
             vs.append(v_new)

@@ -20,11 +20,15 @@ one spare row that is cut off) and combine is a gather back: both move O(T*k*H) 
 dense one-hot dispatch matmul would cost O(T*E*C*H) = O(capacity_factor*k*T^2*H) FLOPs,
 quadratic in the tokens. The experts run on all E*C slots, i.e. capacity_factor times the
 routed work (empty slots hold zeros); the no-drop forward runs E/k times it, which is
-acceptable for generation at small sizes and the price of static shapes.
+acceptable for generation at small sizes and the price of static shapes. Measured on the
+2-core CPU (graph mode, 1024 tokens, hidden 64, 4 experts of 64, top-2, 1 shared): forward +
+backward of the MoE layer takes ~2.3x a dense SwiGLU of width 192 (~140 vs ~60 ms); the
+routing, scatter and gather are most of the difference at this size.
 
 Balance (MoEConfig.balance): `aux_loss` returns coef * E * sum_i f_i * P_i (f_i: share of the
 k*T choices that went to expert i, P_i: mean router probability of i; 1.0 * coef when
-uniform) for LossCell to add. `bias`: DeepSeek-V3's auxiliary-loss-free rule; the bias is a
+uniform) for LossCell to add (so the logged loss and eval_loss include it; metrics.jsonl
+has it alone as moe_aux_loss). `bias`: DeepSeek-V3's auxiliary-loss-free rule; the bias is a
 non-trainable Parameter (so it is checkpointed and a resume is bitwise), changed only by
 `ExpertBalance`, which the trainer runs after each applied optimizer step.
 The training forward also records its routing statistics (choices per expert, drops, the
