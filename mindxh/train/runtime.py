@@ -24,17 +24,30 @@ def configure(recipe: Recipe) -> None:
     refusal = cpu_refusal(recipe)  # tensor/pipeline/expert/sequence parallel or zero on CPU
     if refusal:
         raise LaunchError(refusal)
-    dp = recipe.parallel.data_parallel
-    if dp != world_size():
+    dp, devices = recipe.parallel.data_parallel, recipe.parallel.devices  # equal on CPU
+    if devices != world_size():
+        what = (f"parallel.data_parallel={dp}" if devices == dp else
+                f"parallel data x tensor x pipeline = {devices} devices")
         raise LaunchError(
-            f"parallel.data_parallel={dp} but this process runs in a job of {world_size()} "
-            f"rank(s); launch with `mindxh launch --nproc {dp} RECIPE` "
-            f"or set parallel.data_parallel={world_size()}")
+            f"{what} but this process runs in a job of {world_size()} rank(s); launch with "
+            f"`mindxh launch --nproc {devices} RECIPE` or set parallel.data_parallel={world_size()}")
     try:
         ms.set_device(recipe.compile.device)
     except RuntimeError as exc:  # e.g. Ascend asked for on a machine without CANN
         first = str(exc).strip().splitlines()[0]
         raise LaunchError(f"compile.device={recipe.compile.device} is not usable here: {first}") from None
+    if recipe.compile.device != "CPU":
+        # an accelerator: every compile/parallel setting the recipe carries (Ascend graph
+        # options, semi-auto parallel, pipeline stages, optimizer sharding), as
+        # mindxh.parallel.context derives them; unverified on Ascend hardware from this project
+        from mindspore.communication import init
+
+        from mindxh.parallel.context import apply_context
+        if world_size() > 1:
+            init()
+        apply_context(recipe)
+        ms.set_seed(recipe.seed)
+        return
     mode = ms.GRAPH_MODE if recipe.compile.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode, jit_config={"jit_level": recipe.compile.jit_level})
     ms.set_seed(recipe.seed)

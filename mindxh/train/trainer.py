@@ -103,17 +103,22 @@ class _Cells:
     def build(cls, r: Recipe) -> _Cells:
         from mindxh.models.accounting import count_parameters
         from mindxh.models.llama.model import LossCell, build_model
+        from mindxh.parallel.context import needs_semi_auto
+        from mindxh.parallel.parallelize import apply_plan
         from mindxh.train.optim import AdamW
         from mindxh.train.precision import apply_compute_dtype, loss_scaler
         from mindxh.train.step import AccumulateStep, ApplyStep, TrainStep
 
         model = build_model(r.model, r.seed)
         apply_compute_dtype(model, r.precision.compute_dtype)  # before anything compiles it
+        if needs_semi_auto(r.parallel):  # Ascend only: runtime.configure refuses it on CPU
+            apply_plan(model, r)  # shard strategies, pipeline stages, recompute, to the model
         params = count_parameters(model)
         loss_cell = LossCell(model)
         optimizer = AdamW(model.trainable_params(), r.optim, r.train.max_steps,
                           loss_scaler(r.precision))
-        dp = r.parallel.data_parallel
+        # semi-auto parallel inserts the gradient reductions itself: no explicit data-parallel mean
+        dp = 1 if needs_semi_auto(r.parallel) else r.parallel.data_parallel
         if r.train.grad_accum == 1:
             return cls(model, params, loss_cell, optimizer, TrainStep(loss_cell, optimizer, dp), None)
         accumulate = AccumulateStep(loss_cell, optimizer, r.train.grad_accum, dp)
