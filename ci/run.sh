@@ -13,7 +13,7 @@ pip install -e '.[test]'
 # background while the main tests run; it is mostly download and unpacking.
 mf_log=$(mktemp)
 (python3 -m venv .venv-mf && .venv-mf/bin/python -m pip install --quiet --upgrade pip \
-    && .venv-mf/bin/pip install --quiet -e '.[mindformers]' 'pytest>=7') >"$mf_log" 2>&1 &
+    && .venv-mf/bin/pip install --quiet -e '.[mindformers]' 'pytest>=7' 'pytest-xdist>=3') >"$mf_log" 2>&1 &
 mf_install=$!
 
 pytest
