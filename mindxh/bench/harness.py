@@ -9,6 +9,7 @@ and not retried: such failures repeat, and the others' rounds go on.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -23,8 +24,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MF_PYTHON = REPO_ROOT / ".venv-mf" / "bin" / "python"
 
 
+_log = logging.getLogger(__name__)
+
+
 def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    """Progress on stderr through the CLI's log handler (it keeps the lines off stdout)."""
+    _log.info("bench: %s", message)
 
 
 def parse_result(stdout: str) -> dict | None:

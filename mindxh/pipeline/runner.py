@@ -31,8 +31,14 @@ from mindxh.config import Recipe, recipe_to_yaml
 from mindxh.config.post_training import STAGES
 from mindxh.pipeline import report
 from mindxh.pipeline.context import Context, PipelineError
-from mindxh.pipeline.inputs import (OUTPUTS, changes, clear_outputs, dependents, fingerprint,
-                                    stage_inputs)
+from mindxh.pipeline.inputs import (
+    OUTPUTS,
+    changes,
+    clear_outputs,
+    dependents,
+    fingerprint,
+    stage_inputs,
+)
 from mindxh.pipeline.stages import STAGE_FUNCTIONS
 from mindxh.utils.fsio import atomic_write, atomic_write_json
 

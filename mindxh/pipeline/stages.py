@@ -54,8 +54,6 @@ __all__ = ["STAGE_FUNCTIONS", "Evaluator", "grpo_validation_set", "sft_validatio
 
 log = logging.getLogger(__name__)
 
-_tokenizer = tokenizer_of
-_model_recipe = model_recipe_of
 
 
 def _train(recipe: Recipe, out: Path) -> TrainResult:
@@ -70,16 +68,17 @@ def run_tokenizer(ctx: Context) -> TokenizerResult:
 
 def run_pretrain(ctx: Context) -> PretrainResult:
     out = ctx.stage_dir("pretrain")
-    res = _train(with_overrides(_model_recipe(ctx), {"output_dir": str(out)}, "pretrain recipe"), out)
+    recipe = with_overrides(model_recipe_of(ctx), {"output_dir": str(out)}, "pretrain recipe")
+    res = _train(recipe, out)
     return PretrainResult(checkpoint=str(ckpt.latest_checkpoint(out)), steps=res.final_step,
                           loss=res.final_loss, eval_loss=res.eval_loss, tokens_per_s=res.tokens_per_s)
 
 
 def _grpo(ctx: Context, name: str, shuffle: bool) -> PolicyResult:
-    r = with_overrides(_model_recipe(ctx), {"grpo.shuffle_rewards": shuffle}, f"{name} recipe")
+    r = with_overrides(model_recipe_of(ctx), {"grpo.shuffle_rewards": shuffle}, f"{name} recipe")
     out = ctx.stage_dir(name)
     sft = Path(ctx.result("sft", SFTResult).checkpoint)
-    res = GRPOTrainer(r, _tokenizer(ctx), sft, out, resume=True).run(grpo_validation_set(ctx))
+    res = GRPOTrainer(r, tokenizer_of(ctx), sft, out, resume=True).run(grpo_validation_set(ctx))
     return PolicyResult(checkpoint=str(ckpt.latest_checkpoint(out)), steps=res.steps,
                         val_accuracy=res.accuracy, train_s=res.wall_s,
                         metrics=str(out / "metrics.jsonl"))
@@ -95,7 +94,7 @@ def _more_sft(ctx: Context) -> MoreSFTResult:
     steps = max(1, math.ceil(grpo.train_s / sft.step_s))
     out = ctx.stage_dir("control_more_sft")
     extra = {"train.checkpoint_every": steps, "train.keep_last": 1, "optim.warmup_steps": 0}
-    r = derive_sft_recipe(_model_recipe(ctx), Path(sft.data), Path(sft.checkpoint), out, steps,
+    r = derive_sft_recipe(model_recipe_of(ctx), Path(sft.data), Path(sft.checkpoint), out, steps,
                           extra, label="more-SFT control recipe")
     res = _train(r, out)
     return MoreSFTResult(checkpoint=str(ckpt.latest_checkpoint(out)), steps=steps, train_s=res.wall_s)
