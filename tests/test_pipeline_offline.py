@@ -195,7 +195,7 @@ def test_the_report_gives_wilson_intervals_and_a_paired_interval_for_each_gain(t
 
 
 def test_wilson_and_paired_intervals_against_known_values():
-    from mindxh.pipeline.stats import paired_difference, wilson
+    from mindxh.utils.stats import paired_difference, wilson
 
     assert wilson(0, 10)[0] == 0.0 and abs(wilson(0, 10)[1] - 0.2775) < 1e-4
     low, high = wilson(5, 10)

@@ -100,18 +100,28 @@ def main() -> int:
     parser.add_argument("--recipe", default=str(REPO / "recipes/tiny/x1.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/x1-study")
-    parser.add_argument("--no-controls", action="store_true")
+    parser.add_argument("--controls", default="shuffled,more_sft",
+                        help="comma-separated controls to run: shuffled, more_sft, or none")
+    parser.add_argument("--restart-from", metavar="STAGE",
+                        help="passed to each pipeline: redo STAGE and what follows it (e.g. "
+                             "controls, to add a control to finished seeds)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     if len(set(args.seeds)) < 2:
         parser.error("give at least two seeds (three or more for a claim): one seed has no spread")
+    controls = {c.strip() for c in args.controls.split(",") if c.strip()} - {"none"}
+    if controls - {"shuffled", "more_sft"}:
+        parser.error(f"--controls: unknown {sorted(controls - {'shuffled', 'more_sft'})}; "
+                     "known: shuffled, more_sft, none")
     rows = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
-        sets = [] if args.no_controls else ["pipeline.control_shuffled_rewards=true",
-                                            "pipeline.control_more_sft=true"]
+        sets = [f"pipeline.control_shuffled_rewards={str('shuffled' in controls).lower()}",
+                f"pipeline.control_more_sft={str('more_sft' in controls).lower()}"]
         cmd = [sys.executable, "-m", "mindxh", "pipeline", args.recipe, "--seed", str(seed),
                "--output-dir", str(out)]
+        if args.restart_from:
+            cmd += ["--restart-from", args.restart_from]
         for s in sets + args.overrides:
             cmd += ["--set", s]
         print("$", " ".join(cmd), flush=True)

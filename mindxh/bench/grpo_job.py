@@ -1,12 +1,10 @@
 """GRPO child: a few steps of the tiny X1 recipe's GRPO stage, wall time split three ways.
 
-The GRPO trainer (mindxh.rl.grpo) already logs `sample_s` and `update_s` per step in
-metrics.jsonl; this job reuses it unchanged. Its `update_s` also holds the reward
-computation, so the reward functions it calls are wrapped with timers here and their time
-is taken out of `update_s` (sampling | reward | update = logprobs + policy update). The policy
-starts from a freshly initialised model (its speed does not depend on the weights; the
-response lengths do, and are reported). Validation generations (before the first step,
-after the last) are not counted.
+The GRPO trainer (mindxh.rl.grpo) logs `sample_s`, `reward_s` and `update_s` (log-probs +
+policy update) per step in metrics.jsonl; this job runs it unchanged and reads them. The
+policy starts from a freshly initialised model (its speed does not depend on the weights;
+the response lengths do, and are reported). Validation generations (before the first
+step, after the last) are not counted.
 """
 from __future__ import annotations
 
@@ -16,27 +14,6 @@ from pathlib import Path
 from mindxh.bench.child import save_weights
 
 
-class _RewardClock:
-    """Wraps functions, summing their wall time; `lap()` returns and resets the sum."""
-
-    def __init__(self):
-        self.total = 0.0
-        self.laps: list[float] = []
-
-    def wrap(self, fn):
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.total += time.perf_counter() - t0
-        return timed
-
-    def lap(self) -> None:
-        self.laps.append(self.total)
-        self.total = 0.0
-
-
 def grpo(p: dict) -> dict:
     """p: recipe, steps, work (an empty directory)."""
     from mindxh.checkpoint import store as ckpt
@@ -44,7 +21,7 @@ def grpo(p: dict) -> dict:
     from mindxh.models.llama.model import build_model
     from mindxh.pipeline.recipes import model_recipe
     from mindxh.rl import grpo as grpo_mod
-    from mindxh.tasks.arith import heldout_problems
+    from mindxh.tasks.mix import heldout_problems
     from mindxh.train.metrics import read_metrics
     from mindxh.train.trainer import prepare_tokenizer
 
@@ -61,28 +38,18 @@ def grpo(p: dict) -> dict:
     init_dir = ckpt.save_checkpoint(work / "init", 0, tensors, {}, {}, recipe_to_yaml(r), 1)
     save_weights(work / "init.safetensors", tensors)  # for inspection only
 
-    clock = _RewardClock()
-    grpo_mod.arith_reward = clock.wrap(grpo_mod.arith_reward)
-    grpo_mod.is_correct = clock.wrap(grpo_mod.is_correct)
-    grpo_mod.group_advantages = _after(grpo_mod.group_advantages, clock.lap)  # once per step
-    validation = heldout_problems(r.seed + 1, r.sft.level, 1)  # validation is not timed here
+    validation = heldout_problems(r.data.tasks, r.seed + 1, r.sft.level, 1)  # not timed here
     t0 = time.perf_counter()
     grpo_mod.GRPOTrainer(r, tok, init_dir, work / "grpo").run(validation)
     run_s = time.perf_counter() - t0
     records = [m for m in read_metrics(work / "grpo" / "metrics.jsonl") if "sample_s" in m]
     rows = []
-    for rec, reward_s in zip(records, clock.laps):
-        rows.append({"step": rec["step"], "sample_s": rec["sample_s"], "reward_s": reward_s,
-                     "update_s": max(0.0, rec["update_s"] - reward_s),
+    for rec in records:
+        rows.append({"step": rec["step"], "sample_s": rec["sample_s"],
+                     "reward_s": rec["reward_s"], "update_s": rec["update_s"],
                      "response_len": rec["response_len"]})
     g = r.grpo
     return {"steps": rows, "tokenizer_s": tokenizer_s, "run_s": run_s,
             "rollouts_per_step": g.prompts_per_step * g.group_size,
             "max_new_tokens": g.max_new_tokens, "recipe_steps": load_recipe(p["recipe"]).grpo.steps}
 
-
-def _after(fn, hook):
-    def wrapped(*args, **kwargs):
-        hook()
-        return fn(*args, **kwargs)
-    return wrapped

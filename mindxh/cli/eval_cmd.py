@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-TASKS = ("arith", "gsm8k", "humaneval")
+TASKS = ("arith", "code", "gsm8k", "humaneval")
 
 
 def _ks(text: str) -> list[int]:
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (default 3)")
     gen = parser.add_argument_group("generation (--checkpoint)")
     gen.add_argument("--limit", type=int, help="first N problems only")
-    gen.add_argument("--level", type=int, default=2, help="arith: problem level (default 2)")
+    gen.add_argument("--level", type=int, default=2, help="arith, code: problem level (default 2)")
     gen.add_argument("--data", help="gsm8k: a JSONL file with question/answer "
                                     "(default ../shared/data/gsm8k/test.jsonl)")
     gen.add_argument("--samples-per-task", type=int, default=1, help="humaneval: n for pass@k")
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if args.task != "humaneval":
         hint = ("use `mindxh grade gsm8k FILE` for existing answers" if args.task == "gsm8k"
-                else "arith problems are generated; use --checkpoint")
+                else f"{args.task} problems are generated; use --checkpoint")
         parser.error(f"--samples is for humaneval; {hint}")
     return _humaneval_samples(args)
 

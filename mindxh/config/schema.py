@@ -198,6 +198,9 @@ class DatasetConfig:
         _require(bool(self.path.strip()), "path", "must name a prepared dataset directory")
 
 
+SYNTHETIC_TASKS = ("math", "code")  # = mindxh.tasks.mix.TASKS (a test keeps them equal)
+
+
 @dataclass
 class DataConfig:
     """Where tokens come from: `synthetic` (the embedded reasoning-text generator) or
@@ -205,6 +208,9 @@ class DataConfig:
 
     source: Literal["synthetic", "prepared"] = "synthetic"
     levels: list[int] = field(default_factory=lambda: [1, 2])  # synthetic only
+    # the synthetic tasks of the run (pretraining corpus, SFT, GRPO, evaluation), interleaved:
+    # math (word problems), code (specs answered with a Python function)
+    tasks: list[str] = field(default_factory=lambda: ["math"])
     heldout_batches: int = 4  # global batches of held-out rows for the eval loss
     datasets: list[DatasetConfig] = field(default_factory=list)  # prepared only
     eval_dataset: Optional[str] = None  # a held-out prepared dataset for the eval loss
@@ -213,6 +219,9 @@ class DataConfig:
         _require(len(self.levels) > 0, "levels", "needs at least one level")
         _require(all(1 <= lv <= 3 for lv in self.levels), "levels",
                  f"levels must be in 1..3, got {self.levels}")
+        bad = [t for t in self.tasks if t not in SYNTHETIC_TASKS]
+        _require(self.tasks and not bad and len(set(self.tasks)) == len(self.tasks), "tasks",
+                 f"must be distinct names among {list(SYNTHETIC_TASKS)}, got {self.tasks}")
         _require(self.heldout_batches >= 0, "heldout_batches", "must be >= 0")
         if self.source == "prepared":
             _require(len(self.datasets) > 0, "datasets",

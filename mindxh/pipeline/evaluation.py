@@ -1,6 +1,6 @@
 """The problem sets the pipeline judges on, and the greedy evaluator of checkpoints.
 
-Three held-out sets, each from its own seed stream (mindxh/tasks/arith.py), none in any
+Three held-out sets per task, each from its own seed stream (mindxh/tasks/), none in any
 training stream and disjoint from one another:
 
 * SFT validation (`sft.eval_problems`): chooses the SFT checkpoint (early stopping);
@@ -17,13 +17,9 @@ from mindxh.config import Recipe
 from mindxh.generate.generator import Generator
 from mindxh.pipeline.context import Context, PipelineError
 from mindxh.pipeline.recipes import model_recipe
-from mindxh.tasks.arith import (
-    GRPO_VALIDATION_STREAM,
-    VALIDATION_STREAM,
-    Problem,
-    greedy_accuracy,
-    heldout_problems,
-)
+from mindxh.rewards.judge import greedy_records
+from mindxh.tasks.arith import GRPO_VALIDATION_STREAM, VALIDATION_STREAM
+from mindxh.tasks.mix import heldout_problems
 from mindxh.tokenizer import Tokenizer
 from mindxh.utils.fsio import write_jsonl
 
@@ -41,19 +37,22 @@ def model_recipe_of(ctx: Context) -> Recipe:
     return model_recipe(ctx.recipe, ctx.tokenizer_path, tokenizer_of(ctx).vocab_size)
 
 
-def sft_validation_set(ctx: Context) -> list[Problem]:
+def sft_validation_set(ctx: Context) -> list:
     r = ctx.recipe
-    return heldout_problems(r.seed + VALIDATION_STREAM, r.sft.level, r.sft.eval_problems)
+    return heldout_problems(r.data.tasks, r.seed + VALIDATION_STREAM, r.sft.level,
+                            r.sft.eval_problems)
 
 
-def grpo_validation_set(ctx: Context) -> list[Problem]:
+def grpo_validation_set(ctx: Context) -> list:
     r = ctx.recipe
-    return heldout_problems(r.seed + GRPO_VALIDATION_STREAM, r.sft.level, r.grpo.eval_problems)
+    return heldout_problems(r.data.tasks, r.seed + GRPO_VALIDATION_STREAM, r.sft.level,
+                            r.grpo.eval_problems)
 
 
-def test_set(ctx: Context) -> list[Problem]:
+def test_set(ctx: Context) -> list:
+    """`evaluation.problems` test problems of each task in `data.tasks`, task after task."""
     r = ctx.recipe
-    return heldout_problems(r.seed, r.sft.level, r.evaluation.problems)
+    return heldout_problems(r.data.tasks, r.seed, r.sft.level, r.evaluation.problems)
 
 
 class Evaluator:
@@ -75,16 +74,16 @@ class Evaluator:
         self.max_new_tokens = r.evaluation.max_new_tokens
         self.generator = Generator(self.model, self.tok, r.evaluation.batch_size, r.sft.seq_len + 1)
 
-    def records(self, checkpoint: Path, problems: list[Problem],
+    def records(self, checkpoint: Path, problems: list,
                 records_path: Path | None = None) -> list[dict]:
         """One record per problem (question, answer, response, correct...), in order."""
         ckpt.load_model_weights(self.model, checkpoint)
-        _, records = greedy_accuracy(self.generator, self.tok, problems, self.max_new_tokens)
+        _, records = greedy_records(self.generator, self.tok, problems, self.max_new_tokens)
         if records_path is not None:
             write_jsonl(records_path, records)
         return records
 
-    def accuracy(self, checkpoint: Path, problems: list[Problem],
+    def accuracy(self, checkpoint: Path, problems: list,
                  records_path: Path | None = None) -> float:
         records = self.records(checkpoint, problems, records_path)
         return sum(r["correct"] for r in records) / len(records)

@@ -33,7 +33,7 @@ PRETRAINING = "(every section but " + ", ".join(sorted(_NOT_PRETRAINING)) + ")"
 # A stage also reads its upstream stages' settings (GRPO reads sft.seq_len, every stage
 # the model sections): those arrive through the upstream fingerprint.
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "tokenizer": (("seed", "tokenizer", "data.levels"), ()),
+    "tokenizer": (("seed", "tokenizer", "data.levels", "data.tasks"), ()),
     "pretrain": ((PRETRAINING,), ("tokenizer",)),
     "sft": (("sft",), ("pretrain",)),
     "grpo": (("grpo",), ("sft",)),
@@ -53,6 +53,11 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "eval": ("eval",),
     "export": ("export",),
 }
+
+
+# Keys added after runs were recorded, with the value that reproduces what those runs did:
+# left out of the inputs while they hold it, so adding a key does not make old work stale.
+_ADDED_KEYS: dict[str, Any] = {"data.tasks": ["math"]}
 
 
 def _jsonable(value: Any) -> Any:
@@ -83,7 +88,7 @@ def _recipe_values(recipe: Recipe, keys: tuple[str, ...]) -> dict[str, Any]:
         for part in key.split("."):
             value = getattr(value, part)
         _flatten(key, value, out)
-    return out
+    return {k: v for k, v in out.items() if k not in _ADDED_KEYS or v != _ADDED_KEYS[k]}
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:

@@ -108,6 +108,15 @@ class EvalResult(StageResult):
     # model name -> one "1"/"0" per test problem, in test-set order: the paired comparisons
     # (GRPO - SFT on the same problems) and confidence intervals of the report need them
     correct: dict[str, str] = field(default_factory=dict)
+    # the test set is `problems` problems of each task, task after task (data.tasks order)
+    tasks: list[str] = field(default_factory=lambda: ["math"])
+
+    def by_task(self) -> dict[str, dict[str, float]]:
+        """task -> model -> held-out accuracy on that task's part of the test set."""
+        n = self.problems
+        return {task: {model: bits[i * n:(i + 1) * n].count("1") / n
+                       for model, bits in self.correct.items()}
+                for i, task in enumerate(self.tasks)}
 
 
 @dataclass

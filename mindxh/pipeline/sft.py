@@ -25,7 +25,7 @@ from mindxh.pipeline.context import Context
 from mindxh.pipeline.evaluation import Evaluator, model_recipe_of, sft_validation_set
 from mindxh.pipeline.recipes import derive_sft_recipe
 from mindxh.pipeline.results import CurvePoint, PretrainResult, SFTResult
-from mindxh.tasks.arith import cold_start_samples
+from mindxh.tasks.mix import cold_start_samples
 from mindxh.train.trainer import Trainer
 from mindxh.utils.fsio import read_jsonl, write_jsonl
 
@@ -40,7 +40,8 @@ def _prepare_cold_start(ctx: Context, out: Path) -> Path:
     jsonl = out / "cold_start.jsonl"
     if not jsonl.exists():
         r = ctx.recipe
-        write_jsonl(jsonl, cold_start_samples(r.seed, r.sft.level, r.sft.cold_start_examples))
+        write_jsonl(jsonl, cold_start_samples(r.data.tasks, r.seed, r.sft.level,
+                                              r.sft.cold_start_examples))
     data = out / "data"
     prepare([str(jsonl)], str(data), str(ctx.tokenizer_path), kind="sft",
             seq_len=ctx.recipe.sft.seq_len, workers=1)

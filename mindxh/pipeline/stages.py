@@ -124,7 +124,13 @@ def run_eval(ctx: Context) -> EvalResult:
         accuracy[name] = correct[name].count("1") / len(records)
         log.info("held-out accuracy of %s: %.1f%% (%d test problems)", name, 100 * accuracy[name],
                  len(problems))
-    return EvalResult(problems=len(problems), accuracy=accuracy, correct=correct)
+    result = EvalResult(problems=ctx.recipe.evaluation.problems, accuracy=accuracy,
+                        correct=correct, tasks=list(ctx.recipe.data.tasks))
+    if len(result.tasks) > 1:
+        for task, acc in result.by_task().items():
+            log.info("held-out accuracy on %s: %s", task,
+                     ", ".join(f"{m} {100 * a:.1f}%" for m, a in acc.items()))
+    return result
 
 
 def run_export(ctx: Context) -> ExportResult:

@@ -1,9 +1,37 @@
-"""The reward for code: 1.0 if the program passes its tests in the sandbox, else 0.0."""
+"""The reward for code: a program passes if it passes all its tests in the sandbox.
+
+`grade_programs` is what GRPO and evaluation call on a batch of responses. Pass/fail is
+"all hidden tests pass" (the pass@1 that evaluation reports), not the fraction passed: a
+fraction would pay programs that agree with the spec on some inputs by coincidence (a
+constant, a missing step that is a no-op for small x), which is what RL learns to exploit.
+
+Cost per program is kept small without weakening the sandbox: a response without an
+answer block, or whose program does not compile, fails without a process (compiling runs
+nothing); identical programs for the same tests run once per batch (a group of G samples
+often repeats one); and one sandbox process (namespaces, limits, caps) grades a whole
+chunk of programs, forking a child per program (_batch_driver.py), `workers` chunks at a
+time. The sandbox sees the test *inputs* only; outputs are compared here, so a program
+cannot pass by exiting early with status 0 or by printing what a test harness would.
+"""
 from __future__ import annotations
 
-from mindxh.rewards.sandbox import SandboxLimits, SandboxResult, run_python
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
 
-__all__ = ["code_reward", "run_tests", "program_with_tests"]
+from mindxh.rewards.sandbox import SandboxLimits, SandboxResult, run_python
+from mindxh.tasks.code import CodeProblem, program_of
+
+__all__ = ["GradeStats", "code_reward", "grade_programs", "program_with_tests", "run_tests"]
+
+# one sandbox run grades a chunk of programs; its timeout grows with the chunk (run_batch)
+GRADE_LIMITS = SandboxLimits(timeout_s=5.0, memory_mb=512, max_procs=16, file_mb=1)
+PROGRAM_TIMEOUT_S = 0.5  # wall clock per program; these are one-line functions
+_DRIVER = Path(__file__).with_name("_batch_driver.py")
+_MARKER = "@@mindxh-results@@"
 
 
 def program_with_tests(program: str, test_code: str, entry_point: str | None = None) -> str:
@@ -23,3 +51,71 @@ def code_reward(program: str, test_code: str, entry_point: str | None = None,
     """1.0 iff the tests pass: exit status 0 within `timeout_s` and the sandbox's limits."""
     result = run_tests(program, test_code, entry_point, SandboxLimits(timeout_s=timeout_s))
     return 1.0 if result.passed else 0.0
+
+
+@dataclass
+class GradeStats:
+    """What grading cost: responses judged, distinct programs run in the sandbox, wall time."""
+
+    responses: int = 0
+    programs_run: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def ms_per_program(self) -> float:
+        return 1000 * self.wall_s / self.programs_run if self.programs_run else 0.0
+
+
+def _compiles(program: str) -> bool:
+    try:
+        compile(program, "<program>", "exec")
+    except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+def run_batch(jobs: Sequence[tuple[str, Sequence[int]]], timeout_s: float = PROGRAM_TIMEOUT_S,
+              limits: SandboxLimits = GRADE_LIMITS) -> list[list[str] | None]:
+    """Run each (program, inputs) in one sandbox process, a forked child per program:
+    the reprs of `f(x)` for each input, or None (no `f`, an exception, the deadline)."""
+    if not jobs:
+        return []
+    source = (f"TIMEOUT_S = {timeout_s!r}\nJOBS = {json.dumps(json.dumps(jobs))}\n"
+              + _DRIVER.read_text(encoding="utf-8"))
+    budget = replace(limits, timeout_s=limits.timeout_s + len(jobs) * (timeout_s + 0.6))
+    result = run_python(source, budget)
+    marked = [line for line in result.stdout.splitlines() if line.startswith(_MARKER)]
+    if result.status != "passed" or not marked:  # the driver itself failed: every job fails
+        return [None] * len(jobs)
+    try:
+        outputs = json.loads(marked[-1][len(_MARKER):])
+    except ValueError:
+        return [None] * len(jobs)
+    return outputs if isinstance(outputs, list) and len(outputs) == len(jobs) else [None] * len(jobs)
+
+
+def grade_programs(problems: Sequence[CodeProblem], responses: Sequence[str],
+                   workers: int = 2, stats: GradeStats | None = None) -> list[bool]:
+    """Whether each response's program passes all of its problem's hidden tests."""
+    if len(problems) != len(responses):
+        raise ValueError(f"{len(problems)} problems but {len(responses)} responses")
+    t0 = time.perf_counter()
+    keys: list[tuple[str, tuple[int, ...]] | None] = []
+    for problem, response in zip(problems, responses):
+        program = program_of(response)
+        ok = program is not None and _compiles(program)
+        keys.append((program, tuple(x for x, _ in problem.tests)) if ok else None)
+    todo = list(dict.fromkeys(k for k in keys if k is not None))
+    chunks = [todo[i::workers] for i in range(max(1, workers))]
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        outputs = dict(zip((k for c in chunks for k in c),
+                           (o for out in pool.map(run_batch, chunks) for o in out)))
+    passed = []
+    for problem, key in zip(problems, keys):
+        expected = [repr(y) for _, y in problem.tests]
+        passed.append(key is not None and outputs[key] == expected)
+    if stats is not None:
+        stats.responses += len(responses)
+        stats.programs_run += len(todo)
+        stats.wall_s += time.perf_counter() - t0
+    return passed

@@ -1,7 +1,8 @@
 """The GRPO stage: sample groups, reward them by rule, update the policy; repeat.
 
     prompts (answers only) -> G samples each (KV-cache decoding, graph mode)
-      -> rewards (answer correct + format) -> group-normalised advantages
+      -> rewards (correct + format; math checked exactly, code by hidden tests in the
+         sandbox, routed by each problem's task) -> group-normalised advantages
       -> clipped policy-ratio objective (+ k3 KL to the frozen start model) -> AdamW
 
 Every decision is seeded by (recipe seed, step), and the policy, optimiser and problem
@@ -21,16 +22,11 @@ import numpy as np
 
 from mindxh.checkpoint import store as ckpt
 from mindxh.config import Recipe, recipe_to_yaml
+from mindxh.rewards.code import GradeStats
+from mindxh.rewards.judge import greedy_records, rewards
 from mindxh.rl.objective import GRPOStats
 from mindxh.rl.rollout import build_batch, group_advantages, shuffle_rewards
-from mindxh.tasks.arith import (
-    Problem,
-    arith_reward,
-    greedy_accuracy,
-    is_correct,
-    prompt_ids,
-    rl_problems,
-)
+from mindxh.tasks.mix import RLStream, prompt_ids
 from mindxh.tokenizer import Tokenizer
 from mindxh.train.metrics import peak_rss_mb
 from mindxh.train.run import Run, RunDir, check_finite
@@ -87,23 +83,6 @@ class _Policy:
         return cls(model, optimizer, step_cell, logprobs, ref_logprobs, generator)
 
 
-@dataclass
-class _Problems:
-    """The stream of GRPO problems; `next_index` is checkpointed, so a resume continues it."""
-
-    seed: int
-    level: int
-    per_step: int
-    next_index: int = 0
-
-    def take(self) -> list[Problem]:
-        problems, self.next_index = rl_problems(self.seed, self.level, self.next_index, self.per_step)
-        return problems
-
-    def load_state(self, state: dict) -> None:
-        self.next_index = int(state["problem_index"])
-
-
 @dataclass(frozen=True)
 class _Session:
     """Everything one `GRPOTrainer.run` needs, built whole before its first step."""
@@ -114,23 +93,24 @@ class _Session:
     row_len: int
     run: Run
     policy: _Policy
-    problems: _Problems
+    problems: RLStream
 
     @classmethod
     def open(cls, r: Recipe, tok: Tokenizer, init_from: Path, out: Path, resume: bool) -> _Session:
         run_dir = RunDir.open(out, r, resume)  # graph mode and seed, before any cell is built
         row_len = r.sft.seq_len
         policy = _Policy.build(r, tok, init_from, row_len)
-        problems = _Problems(r.seed, r.sft.level, r.grpo.prompts_per_step)
-        run = run_dir.start(recipe_to_yaml(r), policy.model, policy.optimizer, problems.load_state)
+        problems = RLStream(r.data.tasks, r.seed, r.sft.level, r.grpo.prompts_per_step)
+        run = run_dir.start(recipe_to_yaml(r), policy.model, policy.optimizer,
+                            lambda state: problems.load_state(state["problem_index"]))
         if run.resumed:
             log.info("GRPO resumed from %s (step %d)", run_dir.latest, run.step)
         return cls(r, tok, init_from, row_len, run, policy, problems)
 
     def state(self) -> dict:
-        return {"problem_index": self.problems.next_index, "init_from": str(self.init_from)}
+        return {"problem_index": self.problems.state(), "init_from": str(self.init_from)}
 
-    def _sample(self, problems: list[Problem], step: int):
+    def _sample(self, problems: list, step: int):
         from mindxh.generate.sampling import SamplingConfig
 
         g = self.recipe.grpo
@@ -148,11 +128,11 @@ class _Session:
         problems = self.problems.take()
         prompts, completions = self._sample(problems, step)
         t1 = time.perf_counter()
-        answers = [p.answer for p in problems for _ in range(g.group_size)]
-        rewards = np.array([arith_reward(c.text, a, g.format_weight)
-                            for c, a in zip(completions, answers)], np.float64)
-        correct = np.array([is_correct(c.text, a) for c, a in zip(completions, answers)])
-        grouped = rewards.reshape(len(problems), g.group_size)
+        graded = GradeStats()
+        reward, correct = rewards([p for p in problems for _ in range(g.group_size)],
+                                  [c.text for c in completions], g.format_weight, graded)
+        t_reward = time.perf_counter()
+        grouped = reward.reshape(len(problems), g.group_size)
         if g.shuffle_rewards:
             grouped = shuffle_rewards(grouped, np.random.default_rng([self.recipe.seed, step]))
         adv, kept = group_advantages(grouped, g.skip_uniform_groups)
@@ -167,20 +147,26 @@ class _Session:
                 stats = GRPOStats.of(pol.step_cell(ids, tgt, mask, advantages, old, ref))
         t2 = time.perf_counter()
         lengths = [len(c.ids) for c in completions]
-        record = {"step": step + 1, "reward_mean": float(rewards.mean()),
-                  "reward_std": float(rewards.std()), "accuracy": float(correct.mean()),
+        record = {"step": step + 1, "reward_mean": float(reward.mean()),
+                  "reward_std": float(reward.std()), "accuracy": float(correct.mean()),
                   "response_len": float(np.mean(lengths)), "groups_used": int(kept.sum()),
-                  "sample_s": round(t1 - t0, 3), "update_s": round(t2 - t1, 3),
-                  "peak_rss_mb": round(peak_rss_mb(), 1)}
+                  "sample_s": round(t1 - t0, 3), "reward_s": round(t_reward - t1, 3),
+                  "update_s": round(t2 - t_reward, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        for task in dict.fromkeys(p.task for p in problems):
+            mine = np.array([p.task == task for p in problems for _ in range(g.group_size)])
+            record[f"accuracy_{task}"] = float(correct[mine].mean())
+        if graded.programs_run:
+            record.update(programs_run=graded.programs_run,
+                          ms_per_program=round(graded.ms_per_program, 2))
         if stats is not None:
             check_finite(stats.ok, stats.loss, stats.grad_norm, step + 1, "Lower grpo.lr.")
             record.update(loss=stats.loss, kl=stats.kl, clip_fraction=stats.clip_fraction,
                           grad_norm=stats.grad_norm, lr=stats.lr)
         return record
 
-    def validate(self, problems: list[Problem]) -> float:
+    def validate(self, problems: list) -> float:
         g = self.recipe.grpo
-        return greedy_accuracy(self.policy.generator, self.tok, problems, g.max_new_tokens)[0]
+        return greedy_records(self.policy.generator, self.tok, problems, g.max_new_tokens)[0]
 
 
 class GRPOTrainer:
@@ -196,7 +182,7 @@ class GRPOTrainer:
         self.resume = resume
         self.row_len = recipe.sft.seq_len
 
-    def run(self, validation: list[Problem]) -> GRPOResult:
+    def run(self, validation: list) -> GRPOResult:
         start = time.perf_counter()
         s = _Session.open(self.r, self.tok, self.init_from, self.out, self.resume)
         run, g = s.run, self.g
@@ -214,11 +200,11 @@ class GRPOTrainer:
                 accuracy = record["val_accuracy"] = s.validate(validation)
             run.log_metrics(record)
             log.info("GRPO step %d/%d | reward %.3f±%.3f | sample acc %.1f%% | len %.1f | "
-                     "groups %d | kl %.4f | clip %.3f | %.1fs sample + %.1fs update%s",
+                     "groups %d | kl %.4f | clip %.3f | %.1fs sample + %.1fs reward + %.1fs update%s",
                      step, g.steps, record["reward_mean"], record["reward_std"],
                      100 * record["accuracy"], record["response_len"], record["groups_used"],
                      record.get("kl", 0.0), record.get("clip_fraction", 0.0), record["sample_s"],
-                     record["update_s"],
+                     record["reward_s"], record["update_s"],
                      f" | validation {100 * accuracy:.1f}%" if "val_accuracy" in record else "")
             if last or step % g.checkpoint_every == 0:
                 run.save(step, s.state)

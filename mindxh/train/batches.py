@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from mindxh.config import Recipe
+from mindxh.data.corpus import corpus_source
 from mindxh.data.loader import DataError, PreparedDataset, PreparedLoader, eval_batches
 from mindxh.data.stream import PackedBatcher
-from mindxh.data.synthetic import document_source
 from mindxh.tokenizer import Tokenizer
 
 MODEL_INPUTS = ("input_ids", "labels", "positions", "segment_ids")
@@ -39,7 +39,8 @@ class SyntheticSource:
         t = recipe.train
         self.batch_size, self.rank = t.batch_size, rank
         self.global_batch = t.batch_size * recipe.parallel.data_parallel
-        self.batcher = PackedBatcher(document_source(recipe.seed, split, recipe.data.levels), tok,
+        self.batcher = PackedBatcher(corpus_source(recipe.seed, split, recipe.data.levels,
+                                                   recipe.data.tasks), tok,
                                      t.seq_len, self.global_batch)
 
     def next_batch(self) -> dict[str, np.ndarray]:

@@ -68,12 +68,13 @@ def _prepare_tokenizer(recipe: Recipe, output_dir: Path) -> Tokenizer:
             raise TrainingError(f"{path} has vocab_size {tok.vocab_size} but tokenizer.vocab_size="
                                 f"{cfg.vocab_size}; use another --output-dir")
         return tok
-    from mindxh.data.synthetic import sample_texts
+    from mindxh.data.corpus import corpus_texts
     from mindxh.tokenizer import train_from_texts
 
     log.info("training a %d-token %s tokenizer on %d synthetic documents", cfg.vocab_size,
              cfg.model_type, cfg.train_documents)
-    texts = sample_texts(recipe.seed, "train", recipe.data.levels, cfg.train_documents)
+    texts = corpus_texts(recipe.seed, "train", recipe.data.levels, cfg.train_documents,
+                         recipe.data.tasks)
     return train_from_texts(texts, output_dir / "tokenizer", cfg.vocab_size, cfg.model_type)
 
 
