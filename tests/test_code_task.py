@@ -163,3 +163,18 @@ def test_eval_result_splits_the_test_set_by_task():
     assert table["code"]["gains"]["grpo"]["points"] == 25.0
     old = {"problems": 2, "accuracy": {"sft": 0.5}, "correct": {"sft": "10"}}
     assert from_dict(EvalResult, old).tasks == ["math"]  # a result written before tasks existed
+
+
+def test_a_program_breaking_a_shared_cap_fails_alone():
+    """One sandbox run grades a chunk; a program whose children exceed the run's total memory
+    gets the run killed, and the chunk is then graded program by program."""
+    from dataclasses import replace
+
+    from mindxh.rewards.code import GRADE_LIMITS
+
+    hog = ("import os, time\nfor _ in range(6):\n    if os.fork() == 0:\n"
+           "        b = bytearray(60 << 20)\n        time.sleep(5)\n        os._exit(0)\n"
+           "def f(x): return x")
+    limits = replace(GRADE_LIMITS, memory_mb=150, total_memory_mb=200)
+    out = run_batch([(hog, [1]), ("def f(x): return x + 1", [1, 2])], 0.5, limits)
+    assert out == [None, ["2", "3"]]

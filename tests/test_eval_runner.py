@@ -34,6 +34,24 @@ def test_arith_scores_every_sample_and_prints_the_accuracy(tiny_run, tmp_path):
     assert f"accuracy {accuracy:.2%}" in res.stdout
 
 
+def test_code_runs_each_program_against_hidden_tests_and_prints_pass_at_1(tiny_run, tmp_path):
+    from mindxh.rewards.code import grade_programs
+    from mindxh.tasks.code import heldout_problems
+
+    out = tmp_path / "code.jsonl"
+    res = run_cli("eval", "code", "--checkpoint", str(tiny_run), "--limit", "5",
+                  "--max-new-tokens", "8", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = _rows(out)
+    problems = heldout_problems(0, 2, 5)
+    assert [r["question"] for r in rows] == [p.prompt() for p in problems]
+    assert [r["task"] for r in rows] == ["code"] * 5
+    # the stored verdict is the sandbox's verdict on the stored response
+    assert [r["correct"] for r in rows] == grade_programs(problems, [r["response"] for r in rows])
+    passed = sum(r["correct"] for r in rows)
+    assert f"5 held-out specs): pass@1 {passed / 5:.2%}" in res.stdout
+
+
 def test_gsm8k_reads_any_file_in_the_test_set_format(tiny_run, tmp_path):
     data = tmp_path / "mini.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": f"work\n#### {a}"}) + "\n"

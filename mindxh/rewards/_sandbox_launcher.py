@@ -3,8 +3,9 @@
 Run by `mindxh.rewards.sandbox` as `python -I -S this_file CONFIG_JSON`, in a new session,
 with the privileges of the caller. Standard library only (it runs without site-packages).
 In order: join the per-run cgroup, unshare namespaces (mount, network, pid, ipc; plus a
-user namespace when not root), make the whole filesystem read-only except the work
-directory, set resource limits, drop to the sandbox uid, exec the program. With a pid
+user namespace when not root), make the whole filesystem read-only, mount a size- and
+inode-capped tmpfs on the work directory (the one writable place; main.py is copied in),
+set resource limits, drop to the sandbox uid, exec the program. With a pid
 namespace the program runs as its init, so when it exits the kernel kills everything it
 left behind. Each protection that cannot be had is reported on the control pipe, as
 JSON lines, and the parent logs it; setup errors end the run before any untrusted code.
@@ -34,9 +35,9 @@ def _check(ret, what):
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(source, target, fstype, flags, what):
-    enc = [None if x is None else x.encode() for x in (source, target, fstype)]
-    _check(libc.mount(enc[0], enc[1], enc[2], flags, None), what)
+def _mount(source, target, fstype, flags, what, data=None):
+    enc = [None if x is None else x.encode() for x in (source, target, fstype, data)]
+    _check(libc.mount(enc[0], enc[1], enc[2], flags, enc[3]), what)
 
 
 class MountAttr(ctypes.Structure):
@@ -71,6 +72,28 @@ def _read_only_everywhere():
 def _writable_bind(path):
     _mount(path, path, None, MS_BIND, f"bind {path}")
     _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, f"remount {path} rw")
+
+
+def _work_tmpfs(cfg, drop):
+    """A tmpfs capped at disk_bytes and max_files entries (+ its root and main.py) over the
+    work directory, so the run's total disk use is bounded by the kernel: ENOSPC past it."""
+    work = cfg["workdir"]
+    with open(os.path.join(work, "main.py"), "rb") as f:
+        code = f.read()
+    opts = f"size={cfg['disk_bytes']},nr_inodes={cfg['max_files'] + 2},mode=0700"
+    if drop:
+        opts += f",uid={cfg['uid']},gid={cfg['gid']}"
+    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"tmpfs on {work}", opts)
+    try:  # mounted: a failure from here on is the sandbox's, not a missing protection
+        fd = os.open(os.path.join(work, "main.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, code)
+            if drop:
+                os.fchown(fd, cfg["uid"], cfg["gid"])
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise RuntimeError(f"copying main.py into the tmpfs: {exc}") from exc
 
 
 def report(**msg):
@@ -130,13 +153,14 @@ def _become_program(cfg, drop, in_pid_ns):
 def main():
     cfg = json.loads(sys.argv[1])
     missing = []
-    if cfg["cgroup"]:
+    for path in cfg["cgroups"]:
         try:
-            with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as f:
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
         except OSError as exc:
-            missing.append(f"per-run process cap (joining cgroup: {exc.strerror})")
+            missing.append(f"per-run cgroup caps (joining the cgroup: {exc.strerror})")
     root = os.geteuid() == 0
+    drop = root and cfg["uid"] != 0
     uid, gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | (0 if root else CLONE_NEWUSER)
     if cfg["namespaces"]:
@@ -153,7 +177,18 @@ def main():
             if cfg["python_bind"]:
                 source, target = cfg["python_bind"]
                 _mount(source, target, None, MS_BIND | MS_REC, f"bind {source}")
-            _writable_bind(cfg["workdir"])
+            tmpfs = False
+            if cfg["disk_tmpfs"]:
+                try:
+                    _work_tmpfs(cfg, drop)
+                    tmpfs = True
+                except OSError as exc:
+                    missing.append("kernel cap on total disk use (tmpfs: "
+                                   f"{os.strerror(exc.errno or 0)}); the parent polls it")
+            else:
+                missing.append("kernel cap on total disk use (turned off); the parent polls it")
+            if not tmpfs:
+                _writable_bind(cfg["workdir"])
             os.chdir(cfg["workdir"])  # the old cwd still points below the read-only mount
         except OSError as exc:
             report(error=f"sandbox filesystem setup failed: {exc}")
@@ -165,7 +200,7 @@ def main():
         return 126
     else:
         missing.append("read-only filesystem outside the work directory (no mount namespace)")
-    drop = root and cfg["uid"] != 0
+        missing.append("kernel cap on total disk use (no mount namespace); the parent polls it")
     if root and not drop:
         missing.append("unprivileged uid (the program runs as root)")
     if not got & CLONE_NEWPID:

@@ -16,6 +16,7 @@ cannot pass by exiting early with status 0 or by printing what a test harness wo
 from __future__ import annotations
 
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ from mindxh.rewards.sandbox import SandboxLimits, SandboxResult, run_python
 from mindxh.tasks.code import CodeProblem, program_of
 
 __all__ = ["GradeStats", "code_reward", "grade_programs", "program_with_tests", "run_tests"]
+
+log = logging.getLogger(__name__)
 
 # one sandbox run grades a chunk of programs; its timeout grows with the chunk (run_batch)
 GRADE_LIMITS = SandboxLimits(timeout_s=5.0, memory_mb=512, max_procs=16, file_mb=1)
@@ -85,8 +88,14 @@ def run_batch(jobs: Sequence[tuple[str, Sequence[int]]], timeout_s: float = PROG
     budget = replace(limits, timeout_s=limits.timeout_s + len(jobs) * (timeout_s + 0.6))
     result = run_python(source, budget)
     marked = [line for line in result.stdout.splitlines() if line.startswith(_MARKER)]
-    if result.status != "passed" or not marked:  # the driver itself failed: every job fails
-        return [None] * len(jobs)
+    if result.status != "passed" or not marked:
+        # the whole run was stopped (a program broke a cap shared by the chunk: total memory,
+        # disk, the chunk's deadline): grade each program alone, so only the culprit fails
+        if len(jobs) > 1:
+            log.info("sandbox chunk of %d programs ended %s; grading them one by one",
+                     len(jobs), result.status)
+            return [run_batch([job], timeout_s, limits)[0] for job in jobs]
+        return [None]
     try:
         outputs = json.loads(marked[-1][len(_MARKER):])
     except ValueError:
