@@ -178,3 +178,17 @@ def test_a_program_breaking_a_shared_cap_fails_alone():
     limits = replace(GRADE_LIMITS, memory_mb=150, total_memory_mb=200)
     out = run_batch([(hog, [1]), ("def f(x): return x + 1", [1, 2])], 0.5, limits)
     assert out == [None, ["2", "3"]]
+
+
+def test_code_errors_tell_a_misread_spec_from_a_wrong_program():
+    from mindxh.tasks.code import code_error, code_error_table
+
+    p = generate_code(0, 3, 2)
+    rec = {"plan": p.key, "correct": False}
+    assert code_error({**rec, "response": p.response()}) == "code: program"
+    bad_plan = p.response().replace(p.key, p.key + " , +1")
+    assert code_error({**rec, "response": bad_plan}) == "code: plan"
+    assert code_error({**rec, "response": "def f(x): return x"}) == "code: format"
+    table = code_error_table([{**rec, "response": bad_plan},
+                              {**rec, "response": p.response(), "correct": True}])
+    assert table == {"code: format": 0, "code: plan": 1, "code: program": 0}

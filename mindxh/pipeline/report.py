@@ -21,6 +21,7 @@ from pathlib import Path
 from mindxh.pipeline.context import Context
 from mindxh.pipeline.results import EvalResult, ExportResult, SFTResult
 from mindxh.tasks.arith_errors import CATEGORIES, error_table
+from mindxh.tasks.code import CODE_ERRORS, code_error_table
 from mindxh.utils.fsio import atomic_write, read_jsonl
 from mindxh.utils.stats import paired_difference, wilson
 
@@ -77,7 +78,11 @@ def first_errors(out: Path, models: list[str] | None = None) -> dict[str, dict[s
         if not path.exists():
             continue
         try:
-            table[name] = error_table(read_jsonl(path))
+            records = read_jsonl(path)
+            math = [r for r in records if r.get("task", "math") == "math"]
+            code = [r for r in records if r.get("task") == "code"]
+            table[name] = {**(error_table(math) if math else {}),
+                           **(code_error_table(code) if code else {})}
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("no first-error table for %s: %s (%s)", name, path, exc)
     return table
@@ -191,6 +196,9 @@ _CATEGORY_TEXT = {
     "format": "format (no readable steps or integer answer)",
     "answer": "answer (every step right, answer not the last result)",
     "none": "none (no error found)",
+    "code: format": "code: format (no think block or no program)",
+    "code: plan": "code: plan (operations or constants not the spec's: the spec misread)",
+    "code: program": "code: program (right plan, wrong program: composition or Python)",
 }
 
 
@@ -201,11 +209,14 @@ def _first_error_lines(table: dict[str, dict[str, int]], problems) -> list[str]:
     wrong = {m: sum(table[m].values()) for m in models}
     of = f" of {problems}" if problems else ""
     lines = ["", "First error of each wrong greedy test answer, read step by step against the "
-             "question (mindxh/tasks/arith_errors.py); % of that model's wrong answers:", "",
+             "question (math: mindxh/tasks/arith_errors.py; code: the plan against the spec's, "
+             "mindxh/tasks/code.py); % of that model's wrong answers:", "",
              "| first error | " + " | ".join(_LABELS.get(m, m) for m in models) + " |",
              "|---|" + "---|" * len(models),
              "| wrong answers | " + " | ".join(f"{wrong[m]}{of}" for m in models) + " |"]
-    for cat in CATEGORIES:
+    for cat in (*CATEGORIES, *CODE_ERRORS):
+        if not any(cat in table[m] for m in models):
+            continue
         if cat == "none" and not any(table[m].get(cat) for m in models):
             continue
         cells = [f"{table[m].get(cat, 0)} ({_pct(table[m].get(cat, 0) / wrong[m])})" if wrong[m]

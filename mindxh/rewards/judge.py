@@ -55,13 +55,14 @@ class GreedyGenerator(Protocol):
 def greedy_records(generator: GreedyGenerator, tok: Tokenizer, problems: Sequence,
                    max_new_tokens: int) -> tuple[float, list[dict]]:
     """(accuracy, one record per problem: task, question, answer, response, correct,
-    format_ok, finish_reason), greedy decoding."""
+    format_ok, finish_reason, and for code the spec's `plan`), greedy decoding."""
     if not problems:
         raise ValueError("no problems to evaluate")
     completions = generator.greedy([prompt_ids(tok, p) for p in problems], max_new_tokens)
     texts = [c.text for c in completions]
     ok = correct(problems, texts)
     records = [{"task": p.task, "question": p.question, "answer": p.answer, "response": t,
-                "correct": k, "format_ok": bool(format_ok(t)), "finish_reason": c.finish_reason}
+                "correct": k, "format_ok": bool(format_ok(t)), "finish_reason": c.finish_reason,
+                **({"plan": p.key} if p.task == "code" else {})}
                for p, t, k, c in zip(problems, texts, ok, completions)]
     return sum(ok) / len(records), records

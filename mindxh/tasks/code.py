@@ -11,11 +11,19 @@ Grading runs the hidden tests in the sandbox, a layer above this one:
 """
 from __future__ import annotations
 
+import re
+from typing import Iterable, Mapping
+
 from mindxh.data.synthetic_code import CodeProblem, iter_code_problems
 from mindxh.tasks.arith import RL_STREAM
 from mindxh.tasks.format import answer_text
 
-__all__ = ["CodeProblem", "cold_start_samples", "heldout_problems", "program_of", "rl_problems"]
+__all__ = ["CODE_ERRORS", "CodeProblem", "cold_start_samples", "code_error", "code_error_table",
+           "heldout_problems", "program_of", "rl_problems"]
+
+# where a wrong program first goes wrong, read from its evaluation record ("plan": the spec)
+CODE_ERRORS = ("code: format", "code: plan", "code: program")
+_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
 
 
 def program_of(response: str) -> str | None:
@@ -45,3 +53,22 @@ def rl_problems(seed: int, level: int, start: int, n: int) -> tuple[list[CodePro
         out.append(problem)
         next_index = index + 1
     return out, next_index
+
+
+def code_error(record: Mapping) -> str:
+    """The first error of a wrong answer: no think block or no program (format); a plan that
+    is not the spec's operations and constants, i.e. the spec misread (plan); or the right
+    plan written as a wrong program (program: composition, precedence, Python)."""
+    think = _THINK_BLOCK.search(record["response"])
+    if think is None or program_of(record["response"]) is None:
+        return "code: format"
+    return "code: plan" if think.group(1).strip() != record["plan"] else "code: program"
+
+
+def code_error_table(records: Iterable[Mapping]) -> dict[str, int]:
+    """Category -> number of wrong code records whose first error it is."""
+    table = dict.fromkeys(CODE_ERRORS, 0)
+    for r in records:
+        if not r["correct"]:
+            table[code_error(r)] += 1
+    return table
