@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,7 +93,33 @@ def table(rows: list[dict]) -> str:
                   f" (std {g['std']:.1f}, min {g['min']:+.1f}, max {g['max']:+.1f})")
         lines += ["", f"GRPO gain over {g['n']} seeds: mean {g['mean']:+.1f} points{spread}; "
                       f"paired 95% interval above zero in {above} of {len(rows)} seeds."]
+    for key, label in (("shuffled_rewards", "shuffled-rewards control"),
+                       ("more_sft", "more-SFT control")):
+        gains = [g for g in ((r.get("controls_gain_points") or {}).get(key) for r in rows) if g]
+        if gains:
+            pts = [g["points"] for g in gains]
+            below = sum(1 for g in gains if g["ci95"][1] < 0)
+            above_c = sum(1 for g in gains if g["ci95"][0] > 0)
+            lines.append(f"{label} vs SFT over {len(pts)} seeds: mean {statistics.fmean(pts):+.1f} "
+                         f"points (min {min(pts):+.1f}, max {max(pts):+.1f}); paired 95% interval "
+                         f"below zero in {below}, above zero in {above_c}.")
     return "\n".join(lines)
+
+
+def _reuse_sft(source: Path, out: Path) -> None:
+    """OUT starts with SOURCE's tokenizer and the results of its tokenizer, pretrain and sft
+    stages (which name their checkpoints by absolute path, so they are read in place). The
+    pipeline still checks their recorded inputs against the recipe: an override that reaches
+    them is refused, not silently mixed."""
+    missing = [name for name in ("tokenizer.model", "stages/sft.json") if not (source / name).exists()]
+    if missing:
+        raise SystemExit(f"--reuse-sft: {source} lacks {missing}; run that study first")
+    (out / "stages").mkdir(parents=True)
+    for name in ("tokenizer.model", "tokenizer.vocab"):
+        if (source / name).exists():
+            shutil.copy2(source / name, out / name)
+    for stage in ("tokenizer", "pretrain", "sft"):
+        shutil.copy2(source / "stages" / f"{stage}.json", out / "stages" / f"{stage}.json")
 
 
 def main() -> int:
@@ -105,6 +132,10 @@ def main() -> int:
     parser.add_argument("--restart-from", metavar="STAGE",
                         help="passed to each pipeline: redo STAGE and what follows it (e.g. "
                              "controls, to add a control to finished seeds)")
+    parser.add_argument("--reuse-sft", metavar="STUDY",
+                        help="start each seed from STUDY/seed<N>'s tokenizer, pretraining and "
+                             "SFT (their results are linked, not recomputed): for ablations of "
+                             "GRPO keys, which must leave those stages' inputs unchanged")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     if len(set(args.seeds)) < 2:
@@ -116,6 +147,8 @@ def main() -> int:
     rows = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
+        if args.reuse_sft and not out.exists():
+            _reuse_sft(Path(args.reuse_sft) / f"seed{seed}", out)
         sets = [f"pipeline.control_shuffled_rewards={str('shuffled' in controls).lower()}",
                 f"pipeline.control_more_sft={str('more_sft' in controls).lower()}"]
         cmd = [sys.executable, "-m", "mindxh", "pipeline", args.recipe, "--seed", str(seed),
