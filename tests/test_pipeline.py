@@ -205,3 +205,27 @@ def test_sft_stops_at_the_threshold_and_a_killed_run_resumes_to_the_same_checkpo
     again = sft_stage.run_sft(split)
     assert judged == [] and again.checkpoint == resumed.checkpoint
     assert [s for s, _ in complete_checkpoints(tmp_path / "split" / "sft")] == [2, 4, 6]
+
+
+def test_a_mixed_math_and_code_pipeline_routes_every_reward_by_task(tmp_path):
+    """data.tasks: [math, code] end to end at toy size: both tasks in the cold-start set, in
+    GRPO's batches (scored by their own judge) and in the test set, reported per task."""
+    out = tmp_path / "mixed"
+    toy = [s for s in TOY if not s.startswith("pipeline.control")]
+    proc = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(out),
+                   *_sets(toy + ["data.tasks=[math,code]", "sft.seq_len=144",
+                                 "pipeline.stages=[tokenizer,pretrain,sft,grpo,eval]"]),
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cold = [json.loads(x) for x in (out / "sft" / "cold_start.jsonl").read_text().splitlines()]
+    assert sum("f(x)" in c["prompt"] for c in cold) == len(cold) // 2
+    grpo = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    steps = [g for g in grpo if "reward_mean" in g]
+    assert steps and all("accuracy_math" in g and "accuracy_code" in g for g in steps)
+    samples = [json.loads(x) for x in (out / "eval" / "grpo_samples.jsonl").read_text().splitlines()]
+    assert [s["task"] for s in samples] == ["math"] * 8 + ["code"] * 8
+    report = json.loads((out / "report.json").read_text())
+    assert report["tasks"] == ["math", "code"] and set(report["by_task"]) == {"math", "code"}
+    for task, part in zip(("math", "code"), (samples[:8], samples[8:])):
+        assert report["by_task"][task]["accuracy"]["grpo"] == sum(s["correct"] for s in part) / 8
+    assert "By task" in (out / "report.md").read_text()
