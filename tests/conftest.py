@@ -1,10 +1,13 @@
 """Shared fixtures: a tokenizer trained once per session, helpers to run the CLI."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,50 @@ TINY = REPO / "recipes" / "tiny" / "pretrain.yaml"
 # .venv-mf. Without mindformers it is not collected at all (a skip would read as a pass); naming
 # the file on the command line still collects it, and then it fails on the import.
 collect_ignore = [] if importlib.util.find_spec("mindformers") else ["test_interop_mindformers.py"]
+
+
+def live_procs_of(uid: int) -> list[int]:
+    """Live (non-zombie) processes whose real uid is `uid` (the sandbox tests' leftover check)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            pids.append(int(entry))
+    return pids
+
+
+@contextlib.contextmanager
+def sandbox_host_check(monkeypatch, uid: int, name: str):
+    """Runs inside get run directories and cgroups named for this test file, and a sandbox uid
+    of its own; afterwards none of its processes, directories or cgroups may be left. Scoped
+    so that sandbox runs of other test files, alongside under xdist, are not counted."""
+    from mindxh.rewards import _cgroup
+
+    runs = tempfile.mkdtemp(prefix=f"mindxh-{name}-test-", dir="/tmp")
+    os.chmod(runs, 0o755)  # the sandbox uid must reach its work directory
+    monkeypatch.setattr(tempfile, "tempdir", runs)
+    cgroups: list[str] = []
+    init = _cgroup.RunCgroup.__init__
+
+    def recording_init(self, dirs):
+        cgroups.extend(dirs.values())
+        init(self, dirs)
+
+    monkeypatch.setattr(_cgroup.RunCgroup, "__init__", recording_init)
+    monkeypatch.setattr(_cgroup.RunCgroup, "prefix", f"mindxh-{name}test-")
+    try:
+        yield
+        if os.geteuid() == 0:
+            assert live_procs_of(uid) == [], "sandbox processes outlived their run"
+        assert os.listdir(runs) == [], "a run directory was left behind"
+        assert [c for c in cgroups if os.path.exists(c)] == [], "a run cgroup was left behind"
+        assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

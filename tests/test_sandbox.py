@@ -4,59 +4,39 @@ Each attack program exits 0 (scores 1) only if its attack observably worked from
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import socket
-import subprocess
 import textwrap
 import uuid
 
 import pytest
-from conftest import REPO
+from conftest import REPO, sandbox_host_check
 
 from mindxh.rewards import _cgroup, sandbox
 from mindxh.rewards.code import code_reward, run_tests
 from mindxh.rewards.sandbox import SandboxLimits, run_python
 
-FAST = SandboxLimits(timeout_s=2.0)
+UID = 65532  # this file's sandbox uid: runs of other test files (xdist) use others
 
 
-def _procs_of(uid: int) -> list[int]:
-    """Live (non-zombie) processes whose real uid is `uid`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
-            pids.append(int(entry))
-    return pids
+def L(**kw) -> SandboxLimits:  # noqa: N802
+    return SandboxLimits(uid=UID, gid=UID, **kw)
+
+
+FAST = L(timeout_s=2.0)
 
 
 @pytest.fixture
-def host_unharmed():
-    """The host after the test: no sandbox process alive, no run directory or cgroup left."""
-    def leftovers():
-        return (sorted(glob.glob(os.path.join("/tmp", "mindxh-sandbox-*"))) +
-                sorted(glob.glob("/sys/fs/cgroup/pids/**/mindxh-sandbox-*", recursive=True)))
-
-    before = leftovers()
-    yield
-    if os.geteuid() == 0:
-        assert _procs_of(FAST.uid) == [], "sandbox processes outlived their run"
-    assert leftovers() == before
-    assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
+def host_unharmed(monkeypatch):
+    with sandbox_host_check(monkeypatch, FAST.uid, "sandbox"):
+        yield
 
 
 def test_correct_program_scores_one_and_output_is_captured(host_unharmed):
     program = "def add(a, b):\n    return a + b\n"
     tests = "def check(f):\n    assert f(2, 3) == 5\n    print('checked', f(2, 3))\n"
-    assert code_reward(program, tests, "add", timeout_s=5) == 1.0
+    assert code_reward(program, tests, "add", timeout_s=5, limits=FAST) == 1.0
     result = run_tests(program, tests, "add", FAST)
     assert result.status == "passed" and result.returncode == 0
     assert result.stdout == "checked 5\n"
@@ -64,16 +44,18 @@ def test_correct_program_scores_one_and_output_is_captured(host_unharmed):
 
 def test_wrong_program_scores_zero(host_unharmed):
     tests = "def check(f):\n    assert f(2, 3) == 5\n"
-    assert code_reward("def add(a, b):\n    return a - b\n", tests, "add", timeout_s=5) == 0.0
+    assert code_reward("def add(a, b):\n    return a - b\n", tests, "add", timeout_s=5,
+                       limits=FAST) == 0.0
     result = run_tests("def add(a, b):\n    return a - b\n", tests, "add", FAST)
     assert result.status == "failed" and result.returncode == 1
     assert "AssertionError" in result.stderr
-    assert code_reward("def add(a, b) return", tests, "add", timeout_s=5) == 0.0  # syntax error
+    # a syntax error
+    assert code_reward("def add(a, b) return", tests, "add", timeout_s=5, limits=FAST) == 0.0
 
 
 def test_stderr_and_output_cap(host_unharmed):
     result = run_python("import sys\nprint('x' * 10_000_000)\nsys.stderr.write('done')",
-                        SandboxLimits(timeout_s=5, output_bytes=1000))
+                        L(timeout_s=5, output_bytes=1000))
     assert result.status == "passed"
     assert result.stdout == "x" * 1000 and result.stderr == "done"
 
@@ -82,7 +64,7 @@ def test_infinite_loop_times_out(host_unharmed):
     result = run_python("while True:\n    pass\n", FAST)
     assert result.status == "timeout" and not result.passed
     assert result.wall_s < FAST.timeout_s + 3
-    assert code_reward("while True:\n    pass\n", "", timeout_s=1.0) == 0.0
+    assert code_reward("while True:\n    pass\n", "", timeout_s=1.0, limits=FAST) == 0.0
 
 
 def test_fork_bomb_is_contained(host_unharmed):
@@ -112,7 +94,7 @@ def test_process_count_is_capped(host_unharmed):
             pass
         print(n)
     """)
-    result = run_python(counter, SandboxLimits(timeout_s=10, max_procs=16))
+    result = run_python(counter, L(timeout_s=10, max_procs=16))
     assert result.status == "passed", result.stderr
     # the run's pids cgroup holds 16 (launcher and program included); without one,
     # RLIMIT_NPROC on the sandbox uid allows 64
@@ -122,9 +104,9 @@ def test_process_count_is_capped(host_unharmed):
 
 def test_memory_bomb_is_stopped(host_unharmed):
     bomb = "x = []\nwhile True:\n    x.append(bytearray(64 << 20))\n"
-    result = run_python(bomb, SandboxLimits(timeout_s=10, memory_mb=512))
+    result = run_python(bomb, L(timeout_s=10, memory_mb=512))
     assert result.status == "memory", (result.status, result.stderr[-300:])
-    assert code_reward(bomb, "", timeout_s=10) == 0.0
+    assert code_reward(bomb, "", timeout_s=10, limits=FAST) == 0.0
 
 
 def test_writes_outside_its_directory_fail(tmp_path, host_unharmed):
@@ -146,9 +128,9 @@ def test_writes_outside_its_directory_fail(tmp_path, host_unharmed):
         raise SystemExit(0 if wrote else 1)
     """)
     try:
-        result = run_python(attack, SandboxLimits(timeout_s=5))
+        result = run_python(attack, L(timeout_s=5))
         assert result.stdout == "inside 4\nwrote 0\n", result
-        assert code_reward(attack, "", timeout_s=5) == 0.0
+        assert code_reward(attack, "", timeout_s=5, limits=FAST) == 0.0
         assert [t for t in targets if os.path.exists(t)] == []
     finally:
         for t in targets:
@@ -164,7 +146,7 @@ def test_no_network(host_unharmed):
     attack = (f"import socket\n"
               f"socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')\n")
     try:
-        result = run_python(attack, SandboxLimits(timeout_s=5))
+        result = run_python(attack, L(timeout_s=5))
         assert result.status == "failed", result
         listener.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -189,7 +171,7 @@ def test_cannot_kill_its_parent_or_the_test(host_unharmed):
                 sys.exit(0)  # a victim is gone: the attack worked
         sys.exit(1)
     """)
-    assert code_reward(attack, "", timeout_s=5) == 0.0
+    assert code_reward(attack, "", timeout_s=5, limits=FAST) == 0.0
     assert os.getpid() == me  # still here
 
 
@@ -214,11 +196,11 @@ def test_background_processes_die_with_the_run(host_unharmed):
 def test_missing_protections_are_logged(monkeypatch, caplog, host_unharmed):
     monkeypatch.setattr(sandbox, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="mindxh.rewards.sandbox"):
-        result = run_python("print('ran')", SandboxLimits(timeout_s=5, namespaces=False))
+        result = run_python("print('ran')", L(timeout_s=5, namespaces=False))
     assert "protection unavailable: namespaces" in caplog.text
     # Without a mount namespace an interpreter the sandbox uid cannot reach (pyenv under
     # /root) cannot be exposed to it: that must be a clear error, not a silent root run.
     assert result.status == "passed" or "not reachable by uid" in result.stderr, result
-    strict = run_python("print('ran')", SandboxLimits(timeout_s=5, namespaces=False), strict=True)
+    strict = run_python("print('ran')", L(timeout_s=5, namespaces=False), strict=True)
     assert strict.status == "error" and strict.stdout == "", strict  # refused: never ran
     assert "namespaces" in strict.stderr or "not reachable by uid" in strict.stderr

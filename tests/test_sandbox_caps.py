@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 import textwrap
 
 import pytest
+from conftest import sandbox_host_check
 
 from mindxh.rewards import _cgroup, sandbox
 from mindxh.rewards.sandbox import SandboxLimits, run_python
@@ -24,45 +22,10 @@ SMALL = SandboxLimits(timeout_s=8.0, memory_mb=150, total_memory_mb=200, disk_mb
                       max_files=64, file_mb=2, uid=65533, gid=65533)
 
 
-def _live_procs_of(uid: int) -> list[int]:
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
-            pids.append(int(entry))
-    return pids
-
-
 @pytest.fixture
 def host_unharmed(monkeypatch):
-    """After the test: no sandbox process alive, and no run directory or cgroup of its
-    runs left. Its runs' directories and cgroups have names of their own, so that
-    test_sandbox.py's checks, running alongside under xdist, do not see them."""
-    runs = tempfile.mkdtemp(prefix="mindxh-caps-test-", dir="/tmp")
-    os.chmod(runs, 0o755)  # the sandbox uid must reach its work directory
-    monkeypatch.setattr(tempfile, "tempdir", runs)
-    cgroups: list[str] = []
-    init = _cgroup.RunCgroup.__init__
-
-    def recording_init(self, dirs):
-        cgroups.extend(dirs.values())
-        init(self, dirs)
-
-    monkeypatch.setattr(_cgroup.RunCgroup, "__init__", recording_init)
-    monkeypatch.setattr(_cgroup.RunCgroup, "prefix", "mindxh-capstest-")  # not test_sandbox's
-    try:
+    with sandbox_host_check(monkeypatch, SMALL.uid, "caps"):
         yield
-        if os.geteuid() == 0:
-            assert _live_procs_of(SMALL.uid) == [], "sandbox processes outlived their run"
-        assert os.listdir(runs) == [], "a run directory was left behind"
-        assert [c for c in cgroups if os.path.exists(c)] == [], "a run cgroup was left behind"
-        assert subprocess.run(["true"]).returncode == 0
-    finally:
-        shutil.rmtree(runs, ignore_errors=True)
 
 
 def _no_cgroup(cls, *args):

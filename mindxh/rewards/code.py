@@ -50,9 +50,11 @@ def run_tests(program: str, test_code: str, entry_point: str | None = None,
 
 
 def code_reward(program: str, test_code: str, entry_point: str | None = None,
-                timeout_s: float = 5.0) -> float:
-    """1.0 iff the tests pass: exit status 0 within `timeout_s` and the sandbox's limits."""
-    result = run_tests(program, test_code, entry_point, SandboxLimits(timeout_s=timeout_s))
+                timeout_s: float = 5.0, limits: SandboxLimits | None = None) -> float:
+    """1.0 iff the tests pass: exit status 0 within `timeout_s` and the sandbox's limits
+    (`limits`, default SandboxLimits(), with its timeout replaced by `timeout_s`)."""
+    limits = replace(limits or SandboxLimits(), timeout_s=timeout_s)
+    result = run_tests(program, test_code, entry_point, limits)
     return 1.0 if result.passed else 0.0
 
 

@@ -26,6 +26,7 @@ from typing import Protocol, Sequence
 from mindxh.data.chat import prompt_ids as chat_prompt_ids
 from mindxh.data.synthetic import Problem, iter_problems
 from mindxh.tasks.format import answer_text, format_ok
+from mindxh.tasks.stream import take
 from mindxh.tokenizer import Tokenizer
 
 __all__ = ["GRPO_VALIDATION_STREAM", "RL_STREAM", "VALIDATION_STREAM", "GreedyGenerator",
@@ -72,13 +73,7 @@ def cold_start_samples(seed: int, level: int, n: int) -> list[dict]:
 
 def rl_problems(seed: int, level: int, start: int, n: int) -> tuple[list[Problem], int]:
     """`n` GRPO problems from stream index `start` on; returns them and the next index."""
-    it = iter_problems(seed + RL_STREAM, "train", [level], start)
-    out, next_index = [], start
-    for _ in range(n):
-        index, problem = next(it)
-        out.append(problem)
-        next_index = index + 1
-    return out, next_index
+    return take(iter_problems(seed + RL_STREAM, "train", [level], start), start, n)
 
 
 def prompt_ids(tok: Tokenizer, problem: Problem) -> list[int]:

@@ -17,6 +17,7 @@ from typing import Iterable, Mapping
 from mindxh.data.synthetic_code import CodeProblem, iter_code_problems
 from mindxh.tasks.arith import RL_STREAM
 from mindxh.tasks.format import answer_text
+from mindxh.tasks.stream import take
 
 __all__ = ["CODE_ERRORS", "CodeProblem", "cold_start_samples", "code_error", "code_error_table",
            "heldout_problems", "program_of", "rl_problems"]
@@ -46,13 +47,7 @@ def cold_start_samples(seed: int, level: int, n: int) -> list[dict]:
 
 def rl_problems(seed: int, level: int, start: int, n: int) -> tuple[list[CodeProblem], int]:
     """`n` GRPO specs from stream index `start` on; returns them and the next index."""
-    it = iter_code_problems(seed + RL_STREAM, "train", [level], start)
-    out, next_index = [], start
-    for _ in range(n):
-        index, problem = next(it)
-        out.append(problem)
-        next_index = index + 1
-    return out, next_index
+    return take(iter_code_problems(seed + RL_STREAM, "train", [level], start), start, n)
 
 
 def code_error(record: Mapping) -> str:
