@@ -7,6 +7,8 @@ one after another through `run_python`, and as many `python -I -S -c pass` subpr
 (the floor: an interpreter start, without any sandbox); prints mean, median and p95 ms per
 program and programs/s for each, and which protections were active. `--polled` turns the
 kernel's whole-run caps off (no memory cgroup or tmpfs), to price the parent's polling.
+Then the way GRPO grades code: `grade_programs` on `--n` distinct synthetic specs with their
+reference solutions (one sandbox run per chunk, a forked child per program), per program.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mindxh.data.synthetic_code import generate_code  # noqa: E402
 from mindxh.rewards import sandbox  # noqa: E402
+from mindxh.rewards.code import GradeStats, grade_programs  # noqa: E402
 from mindxh.rewards.sandbox import SandboxLimits, run_python  # noqa: E402
 
 PROGRAM = """
@@ -90,6 +94,16 @@ def main() -> None:
     _stats("python -I -S -c pass (floor)", floor)
     print(f"sandbox overhead over the floor: {statistics.median(ms) - statistics.median(floor):.1f}"
           " ms per program (median)")
+
+    problems = [generate_code(0, i, 2) for i in range(args.n)]
+    batches = []
+    for _ in range(3):
+        stats = GradeStats()
+        passed = grade_programs(problems, [p.response() for p in problems], stats=stats)
+        batches.append(stats.ms_per_program)
+    print(f"grade_programs, {args.n} distinct programs per batch, 3 batches: "
+          f"{sum(passed)}/{args.n} passed; {statistics.median(batches):.1f} ms per program "
+          f"(median of {', '.join(f'{b:.1f}' for b in batches)}; wall time over programs run)")
 
 
 if __name__ == "__main__":
