@@ -24,7 +24,8 @@ __all__ = ["ClusterConfig", "CompileConfig", "ParallelConfig", "PrecisionConfig"
 @dataclass
 class CompileConfig:
     """How MindSpore executes: `graph` (compiled, the fast path) or `pynative` (debug), and the
-    Ascend graph-compilation settings (ignored on CPU, where MindSpore has no such knobs)."""
+    Ascend graph-compilation settings; on CPU only `enable_graph_kernel` (with
+    `graph_kernel_flags`) is read: MindSpore's AKG fusion, opt-in (docs/performance.md)."""
 
     mode: Literal["graph", "pynative"] = "graph"
     jit_level: Literal["O0", "O1", "O2"] = "O0"
