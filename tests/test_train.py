@@ -36,13 +36,14 @@ def metrics(out) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_default_recipe_learns_well_below_unigram_entropy_in_under_5_minutes(tmp_path):
+def test_default_recipe_learns_well_below_unigram_entropy(tmp_path):
+    # its wall time is printed, not asserted: a timed unit test fails on a busy machine and
+    # proves nothing on a quiet one (speed is measured by `mindxh bench`)
     out = tmp_path / "run"
     start = time.perf_counter()
     res = run_cli("train", str(TINY), "--output-dir", str(out))
     wall = time.perf_counter() - start
     assert res.returncode == 0, res.stderr[-3000:]
-    assert wall < 300, f"default recipe took {wall:.0f}s"
     rows = metrics(out)
     assert all(METRIC_KEYS <= r.keys() for r in rows)
     assert rows[-1]["step"] == 300
