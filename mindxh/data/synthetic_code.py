@@ -37,8 +37,8 @@ import numpy as np
 
 from mindxh.data.synthetic import DEFAULT_HELDOUT_FRACTION, split_of
 
-__all__ = ["CODE_LEVELS", "CodeProblem", "HIDDEN_INPUTS", "Op", "code_document_source",
-           "expression", "generate_code", "iter_code_problems", "reference"]
+__all__ = ["CODE_LEVELS", "CodeProblem", "HIDDEN_INPUTS", "Op", "expression", "generate_code",
+           "iter_code_problems", "reference"]
 
 Op = tuple[str, int]  # (operation, constant; 0 where it takes none)
 
@@ -203,12 +203,3 @@ def iter_code_problems(seed: int, split: str, levels: Sequence[int] | int, start
             yield index, problem
         index += 1
 
-
-def code_document_source(seed: int, split: str, levels: Sequence[int] | int,
-                         ) -> Callable[[int], Iterator[tuple[int, str]]]:
-    """A `make_iter(start)` factory of `(index, text)` for `PackedBatcher`."""
-    def make_iter(start: int) -> Iterator[tuple[int, str]]:
-        for index, problem in iter_code_problems(seed, split, levels, start):
-            yield index, problem.text()
-
-    return make_iter
