@@ -85,7 +85,8 @@ def run_batch(jobs: Sequence[tuple[str, Sequence[int]]], timeout_s: float = PROG
     the reprs of `f(x)` for each input, or None (no `f`, an exception, the deadline)."""
     if not jobs:
         return []
-    source = (f"TIMEOUT_S = {timeout_s!r}\nJOBS = {json.dumps(json.dumps(jobs))}\n"
+    source = (f"TIMEOUT_S = {timeout_s!r}\nMARKER = {_MARKER!r}\n"
+              f"JOBS = {json.dumps(json.dumps(jobs))}\n"
               + _DRIVER.read_text(encoding="utf-8"))
     budget = replace(limits, timeout_s=limits.timeout_s + len(jobs) * (timeout_s + 0.6))
     result = run_python(source, budget)
