@@ -20,6 +20,16 @@ TINY = REPO / "recipes" / "tiny" / "pretrain.yaml"
 collect_ignore = [] if importlib.util.find_spec("mindformers") else ["test_interop_mindformers.py"]
 
 
+def pytest_configure(config):
+    """Every in-process MindSpore test runs on CPU, so the device is set once per process
+    before any test can run a kernel: MindSpore refuses `set_device` after one has run, and
+    pytest-xdist hands files to workers in an order that differs run to run (a file that ran a
+    kernel first made the next file's `set_device("CPU")` fail in one fresh-clone CI)."""
+    import mindspore
+
+    mindspore.set_device("CPU")
+
+
 def live_procs_of(uid: int) -> list[int]:
     """Live (non-zombie) processes whose real uid is `uid` (the sandbox tests' leftover check)."""
     pids = []

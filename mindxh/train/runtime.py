@@ -16,6 +16,14 @@ def world_size() -> int:
     return int(os.environ.get("MS_WORKER_NUM", os.environ.get("RANK_SIZE", "1")))
 
 
+def _already_on(device: str) -> bool:
+    """MindSpore refuses `set_device` once any kernel has run in the process (a model built
+    before training, in a notebook or a test); on the device it asked for, nothing changes."""
+    import mindspore as ms
+
+    return device == "CPU" and ms.get_context("device_target") == "CPU"
+
+
 def configure(recipe: Recipe) -> None:
     """Set MindSpore's device, mode and seed; call once, before any cell is built."""
     import mindspore as ms
@@ -34,8 +42,10 @@ def configure(recipe: Recipe) -> None:
     try:
         ms.set_device(recipe.compile.device)
     except RuntimeError as exc:  # e.g. Ascend asked for on a machine without CANN
-        first = str(exc).strip().splitlines()[0]
-        raise LaunchError(f"compile.device={recipe.compile.device} is not usable here: {first}") from None
+        if not _already_on(recipe.compile.device):
+            first = str(exc).strip().splitlines()[0]
+            raise LaunchError(f"compile.device={recipe.compile.device} is not usable here: "
+                              f"{first}") from None
     if recipe.compile.device != "CPU":
         # an accelerator: every compile/parallel setting the recipe carries (Ascend graph
         # options, semi-auto parallel, pipeline stages, optimizer sharding), as
