@@ -8,11 +8,17 @@ With loss scaling (the optimizer holds a `precision.LossScaler`) the cells diffe
 `loss * scale` and unscale the gradients in float32 before anything else sees them (data-
 parallel mean, accumulation buffers, clipping), so the rest of the step is unchanged; without
 it they build exactly the graph they always did.
+With pipeline parallel (a `parallel.pipeline.Microbatching`) the cells differentiate the loss
+cell wrapped in MindSpore's pipeline cell (the batch cut into micro-batches, their losses
+summed) and take the gradients from its reducer (the mean over micro-batches of what the
+compiler accumulated), before unscaling; the loss they report is the micro-batch mean.
+Without it, again, nothing in the graph changes.
 """
 from __future__ import annotations
 
 from mindspore import nn, ops
 
+from mindxh.parallel.pipeline import Microbatching
 from mindxh.train.optim import AdamW
 from mindxh.train.precision import ScaledLoss
 
@@ -34,6 +40,15 @@ def _data_parallel_mean(optimizer: AdamW, degree: int):
     return None if degree == 1 else _DataParallelMean(optimizer, degree)
 
 
+def _pipelined(loss_cell: nn.Cell, optimizer: AdamW, micro: Microbatching | None):
+    """(loss network, gradient reducer or None, 1 / micro-batches). The reducer is an
+    attribute of the step cells themselves (auto_prefix=False), so its buffers are named
+    `accu_grads.<parameter>`, the names MindSpore's pipeline pass accumulates into."""
+    if micro is None:
+        return loss_cell, None, 1.0
+    return micro.wrap(loss_cell), micro.grad_reducer(optimizer.params), 1.0 / micro.micro_batches
+
+
 def _grad_fn(loss_cell: nn.Cell, optimizer: AdamW):
     """(*batch) -> (loss, grads), or ((loss * scale, loss), scaled grads) with loss scaling."""
     if optimizer.loss_scaler is None:
@@ -45,19 +60,24 @@ def _grad_fn(loss_cell: nn.Cell, optimizer: AdamW):
 class TrainStep(nn.Cell):
     """(*batch) -> (loss, grad_norm, lr, ok); `batch` is whatever the loss cell takes."""
 
-    def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int = 1):
+    def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int = 1,
+                 microbatching: Microbatching | None = None):
         super().__init__(auto_prefix=False)
-        self.loss_cell = loss_cell
+        self.loss_cell, self.pp_reduce, self.inv_micro = _pipelined(loss_cell, optimizer,
+                                                                    microbatching)
         self.optimizer = optimizer
         self.scaler = optimizer.loss_scaler
-        self.grad_fn = _grad_fn(loss_cell, optimizer)
+        self.grad_fn = _grad_fn(self.loss_cell, optimizer)
         self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
 
     def construct(self, *batch):
         if self.scaler is None:
             loss, grads = self.grad_fn(*batch)
-        else:  # the true loss; gradients of loss * scale, brought back to scale 1
+        else:  # the true loss; gradients of loss * scale, brought back to scale 1 below
             (_, loss), grads = self.grad_fn(*batch)
+        if self.pp_reduce is not None:  # before unscaling: the reducer returns its own buffers
+            loss, grads = loss * self.inv_micro, self.pp_reduce(grads)
+        if self.scaler is not None:
             grads = self.scaler.unscale(grads)
         if self.dp_mean is not None:
             loss, grads = self.dp_mean(loss, grads)
@@ -68,11 +88,13 @@ class TrainStep(nn.Cell):
 class AccumulateStep(nn.Cell):
     """(*batch) -> loss; adds grads / accum into `buffers`."""
 
-    def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1):
+    def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1,
+                 microbatching: Microbatching | None = None):
         super().__init__(auto_prefix=False)
-        self.loss_cell = loss_cell
+        self.loss_cell, self.pp_reduce, self.inv_micro = _pipelined(loss_cell, optimizer,
+                                                                    microbatching)
         self.scaler = optimizer.loss_scaler
-        self.grad_fn = _grad_fn(loss_cell, optimizer)
+        self.grad_fn = _grad_fn(self.loss_cell, optimizer)
         self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
@@ -80,8 +102,11 @@ class AccumulateStep(nn.Cell):
     def construct(self, *batch):
         if self.scaler is None:
             loss, grads = self.grad_fn(*batch)
-        else:  # the true loss; gradients of loss * scale, brought back to scale 1
+        else:  # the true loss; gradients of loss * scale, brought back to scale 1 below
             (_, loss), grads = self.grad_fn(*batch)
+        if self.pp_reduce is not None:  # before unscaling: the reducer returns its own buffers
+            loss, grads = loss * self.inv_micro, self.pp_reduce(grads)
+        if self.scaler is not None:
             grads = self.scaler.unscale(grads)
         if self.dp_mean is not None:
             loss, grads = self.dp_mean(loss, grads)

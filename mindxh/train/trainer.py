@@ -106,6 +106,7 @@ class _Cells:
         from mindxh.models.llama.model import LossCell, build_model
         from mindxh.parallel.context import needs_semi_auto
         from mindxh.parallel.parallelize import apply_plan
+        from mindxh.parallel.pipeline import microbatching
         from mindxh.train.optim import AdamW
         from mindxh.train.precision import apply_compute_dtype, loss_scaler
         from mindxh.train.step import AccumulateStep, ApplyStep, TrainStep
@@ -120,9 +121,11 @@ class _Cells:
                           loss_scaler(r.precision))
         # semi-auto parallel inserts the gradient reductions itself: no explicit data-parallel mean
         dp = 1 if needs_semi_auto(r.parallel) else r.parallel.data_parallel
+        micro = microbatching(r.parallel)  # pipeline parallel: the step wraps the loss cell
         if r.train.grad_accum == 1:
-            return cls(model, params, loss_cell, optimizer, TrainStep(loss_cell, optimizer, dp), None)
-        accumulate = AccumulateStep(loss_cell, optimizer, r.train.grad_accum, dp)
+            return cls(model, params, loss_cell, optimizer,
+                       TrainStep(loss_cell, optimizer, dp, micro), None)
+        accumulate = AccumulateStep(loss_cell, optimizer, r.train.grad_accum, dp, micro)
         return cls(model, params, loss_cell, optimizer, ApplyStep(accumulate, optimizer), accumulate)
 
 
