@@ -141,3 +141,17 @@ def test_default_probe_is_fast(tmp_path: Path) -> None:
     start = time.perf_counter()
     measure_cpu_peak(tmp_path / "c.json")  # default size/repeats
     assert time.perf_counter() - start < 2.0
+
+
+def test_cpu_peak_revised_when_a_run_beats_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe cached under load reads low; a run above it re-probes and keeps the higher."""
+    cache = tmp_path / "cpu_peak.json"
+    monkeypatch.setattr(flops, "_run_probe", lambda size, repeats: 2e10)  # measured under load
+    assert measure_cpu_peak(cache, size=64) == 2e10
+    monkeypatch.setattr(flops, "_run_probe", lambda size, repeats: 4e10)  # quiet now
+    assert flops.revise_cpu_peak(3e10, cache, size=64) == 4e10
+    assert measure_cpu_peak(cache, size=64) == 4e10  # the cache keeps the revision
+    monkeypatch.setattr(flops, "_run_probe", lambda size, repeats: 1e10)  # loaded again
+    assert flops.revise_cpu_peak(5e10, cache, size=64) == 4e10  # never lowered

@@ -317,3 +317,40 @@ def test_the_trainer_resolves_a_copy_and_leaves_the_callers_recipe_as_given(tiny
     assert resolved.train is recipe.train  # nothing else is copied or changed
     with pytest.raises(TrainingError, match="smaller than the tokenizer's"):
         _resolve(replace(recipe, model=replace(recipe.model, vocab_size=8)), tok)
+
+
+def test_a_probe_cached_under_load_is_revised_not_reported_as_mfu_above_one(tmp_path,
+                                                                             tiny_tokenizer):
+    """A cached GEMM probe far below what the run reaches (as one measured under load would
+    be) is re-probed at the first log line: MFU stays a fraction, the cache is raised."""
+    from mindxh.utils import flops
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = flops._fingerprint(1024)
+    (cache / "cpu_peak.json").write_text(json.dumps({"entries": {key: {"flops": 1e6}}}))
+    res = _train(tmp_path / "run", tiny_tokenizer, "--max-steps", "10",
+                 env={"MINDXH_CACHE_DIR": str(cache)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "re-probed" in res.stderr
+    revised = json.loads((cache / "cpu_peak.json").read_text())["entries"][key]["flops"]
+    assert revised > 1e8
+    assert all(0 < r["mfu"] < 1 for r in metrics(tmp_path / "run"))
+
+
+def test_training_after_a_kernel_already_ran_in_the_process_is_not_refused(tmp_path):
+    """MindSpore refuses set_device once a kernel has run; a notebook that builds or probes a
+    model first and then trains on CPU must still train (asking for another device is still
+    refused, naming the key)."""
+    script = f"""
+import mindspore as ms, numpy as np
+ms.Tensor(np.ones(2)) + 1  # a kernel runs: the CPU runtime is now initialised
+from mindxh.config import load_recipe
+from mindxh.train import runtime
+recipe = load_recipe({str(TINY)!r})
+runtime.configure(recipe)
+print("configured", ms.get_context("device_target"))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "configured CPU" in res.stdout

@@ -30,7 +30,7 @@ from mindxh.train.batches import MODEL_INPUTS, BatchSource, SampleLog, heldout_b
 from mindxh.train.metrics import peak_rss_mb
 from mindxh.train.progress import Progress
 from mindxh.train.run import Run, RunDir, TrainingError
-from mindxh.utils.flops import resolve_peak
+from mindxh.utils.flops import is_probed, resolve_peak, revise_cpu_peak
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,18 @@ def _initial_weights(r: Recipe, latest: Path | None, model, tok: Tokenizer) -> N
         raise TrainingError(str(exc)) from None
 
 
+def _checked_peak(peak: float, achieved: float, probed: bool) -> float:
+    """`peak`, re-probed once a run beats it (MFU > 100%): a cached CPU probe measured under
+    load reads low. A table peak (Ascend, GPU) is never revised."""
+    if not probed or achieved <= peak:
+        return peak
+    revised = revise_cpu_peak(achieved)
+    if achieved > revised:
+        log.warning("MFU above 100%% (%.3g FLOP/s vs a %.3g FLOP/s GEMM probe): the probe is "
+                    "not this machine's practical peak", achieved, revised)
+    return revised
+
+
 def _load_state(source: BatchSource, state: dict) -> None:
     import mindspore as ms
 
@@ -275,6 +287,8 @@ class Trainer:
         steady_tokens, steady_time = 0, 0.0  # excludes this process's first step (compilation)
         compiled = False
         interval_tokens, interval_time = 0, 0.0
+        peak = s.peak
+        probed = is_probed(r.metrics.peak_device(r.compile.device))  # GEMM probe, not a table
         try:
             while step < t.max_steps:
                 t0 = time.perf_counter()
@@ -295,8 +309,9 @@ class Trainer:
                 eval_now = last or (t.eval_every > 0 and step % t.eval_every == 0)
                 if eval_now or step % t.log_every == 0:
                     tps = interval_tokens / interval_time
+                    peak = _checked_peak(peak, tps * s.flops_per_token, probed)
                     record = {"step": step, "loss": loss, "lr": lr, "grad_norm": norm,
-                              "tokens_per_s": tps, "mfu": mfu(tps, s.flops_per_token, s.peak),
+                              "tokens_per_s": tps, "mfu": mfu(tps, s.flops_per_token, peak),
                               "tokens": step * tokens_per_step, "peak_rss_mb": round(peak_rss_mb(), 1),
                               **guard.metrics(),  # loss_scale, skipped_steps with loss scaling
                               **(s.moe.metrics() if s.moe is not None else {})}  # expert load
@@ -314,5 +329,6 @@ class Trainer:
         finally:
             progress.close()
         tps = steady_tokens / steady_time if steady_time else 0.0
-        return TrainResult(self.out, step, loss, eval_loss, tps, mfu(tps, s.flops_per_token, s.peak),
+        peak = _checked_peak(peak, tps * s.flops_per_token, probed)
+        return TrainResult(self.out, step, loss, eval_loss, tps, mfu(tps, s.flops_per_token, peak),
                            time.perf_counter() - start_wall, s.cells.params)
