@@ -1,7 +1,7 @@
 """Tensor parallel replayed in NumPy (mindxh/parallel/simulate.py) against the real MindSpore
 Decoder: the plan's splits and collectives reproduce the unsharded logits and loss to 1e-5
 for TP=2 and TP=4, and deliberately wrong plans fail. Mixture-of-experts layers are
-replayed in tests/test_moe.py."""
+replayed in tests/test_moe.py, expert parallel in tests/test_parallel_simulate_experts.py."""
 from __future__ import annotations
 
 import numpy as np

@@ -15,8 +15,9 @@ Mixture-of-experts layers (models/llama/moe.py) are replayed too: routing on eve
 from the replicated router (so all shards agree on the dispatch), the experts' w1/w3 and w2
 split like an MLP's gate/up and down but on [E, out, in] weights, the weighted combine, the
 shared experts as an MLP. `train=True` replays the training forward (tokens past an
-expert's capacity dropped), else the plain forward (no drops). Expert parallel itself (the
-all-to-all) is not simulated: it moves whole tokens and changes no arithmetic.
+expert's capacity dropped), else the plain forward (no drops). Expert parallel (tokens split
+over data ranks, experts over `parallel.expert` ranks, the all-to-all between them) is
+replayed by simulate_experts.py on top of this.
 """
 from __future__ import annotations
 
@@ -236,17 +237,7 @@ class _Sim:
         shape = a.parts[0].shape
         x = a.parts[0].reshape(-1, shape[-1])
         t, k, e = x.shape[0], m.experts_per_token, m.num_experts
-        logits = scores.parts[0].reshape(t, e)
-        if m.scoring == "sigmoid":
-            probs = 1.0 / (1.0 + np.exp(-logits))
-        else:
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-        choice = probs + self.w.get(f"{path}.expert_bias", 0.0)
-        idx = np.argsort(-choice, -1, kind="stable")[:, :k]
-        gates = np.take_along_axis(probs, idx, -1)
-        if m.normalize_gates:
-            gates /= gates.sum(-1, keepdims=True)
+        _, idx, gates = route(scores.parts[0].reshape(t, e), self.w.get(f"{path}.expert_bias"), m)
         cap = m.capacity(t) if self.train else t
         expert = idx.T.reshape(-1)  # choice-major, as the model fills slots
         position = np.array([np.sum(expert[:r] == ex) for r, ex in enumerate(expert)])
@@ -288,8 +279,24 @@ class _Sim:
         return float(((np.log(sumexp) + top - picked) * valid).sum() / valid.sum())
 
 
+def route(logits, bias, m):
+    """Router logits [T, E] -> (scores [T, E], chosen experts [T, k], gate weights [T, k]), as
+    MoE.route: the bias (None: none) only decides the choice, the gates are the scores."""
+    if m.scoring == "sigmoid":
+        probs = 1.0 / (1.0 + np.exp(-logits))
+    else:
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+    choice = probs if bias is None else probs + bias
+    idx = np.argsort(-choice, -1, kind="stable")[:, :m.experts_per_token]
+    gates = np.take_along_axis(probs, idx, -1)
+    if m.normalize_gates:
+        gates = gates / gates.sum(-1, keepdims=True)
+    return probs, idx, gates
+
+
 def _rms(x, g, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
 
 
-__all__ = ["Act", "PlanMismatch", "Result", "Style", "simulate", "styles"]
+__all__ = ["Act", "PlanMismatch", "Result", "Style", "route", "simulate", "styles"]
