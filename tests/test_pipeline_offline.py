@@ -354,6 +354,37 @@ def test_the_study_table_has_every_seed_then_mean_std_min_max(tmp_path):
     assert "paired 95% interval above zero in 2 of 3 seeds" in text
 
 
+def test_the_ablation_table_compares_studies_seed_by_seed_against_the_first(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("x1_study", REPO / "tools" / "x1_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    def write(name, grpo_by_seed, overrides=()):
+        for seed, grpo in grpo_by_seed.items():
+            (tmp_path / name / f"seed{seed}").mkdir(parents=True)
+            (tmp_path / name / f"seed{seed}" / "report.json").write_text(json.dumps(
+                {"seed": seed, "sft_accuracy": 0.5, "grpo_accuracy": grpo,
+                 "gain_points": round(100 * (grpo - 0.5), 2),
+                 "gain_ci95": [100 * (grpo - 0.5) - 5, 100 * (grpo - 0.5) + 5]}))
+        (tmp_path / name / "study.json").write_text(json.dumps({"overrides": list(overrides)}))
+        return tmp_path / name
+
+    base = write("base", {0: 0.70, 1: 0.66, 2: 0.60})
+    kl = write("kl", {0: 0.72, 1: 0.60, 2: 0.60, 3: 0.9},
+               ["pipeline.control_more_sft=false", "grpo.kl_beta=0.04"])
+    text = study.compare([base, kl])
+    assert "| recipe as shipped (base) | 0, 1, 2 | 50.0 | 65.3 (5.0; 60.0, 70.0) |" in text
+    # the seed only the ablation ran is in its own row but not in the paired difference
+    assert "| `grpo.kl_beta=0.04` (kl) | 0, 1, 2, 3 |" in text
+    assert "| +0.0 (" not in text and text.rstrip().endswith("-1.3 (4.2; -6.0, +2.0) |")
+    assert "| baseline |" in text
+    with pytest.raises(SystemExit, match="no finished seed"):
+        study.compare([base, tmp_path / "empty"])
+
+
 def test_sft_schedule_constant_holds_the_lr_and_eval_every_0_checks_at_the_end(tmp_path):
     from mindxh.config import load_recipe
     from mindxh.pipeline.recipes import derive_sft_recipe, model_recipe

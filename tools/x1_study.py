@@ -12,6 +12,13 @@ set for GRPO's wall time), the SFT step kept and the wall time of the main pipel
 (controls excluded); then mean, standard deviation (n - 1) and min/max over the seeds.
 One seed is not a claim: the study refuses fewer than two, and says how many seeds' paired
 interval of the gain lies above zero.
+
+    python tools/x1_study.py --reuse-sft runs/x1-study --out runs/abl-kl --controls none \
+        --set grpo.kl_beta=0.04
+    python tools/x1_study.py --compare runs/x1-study runs/abl-kl ...
+
+An ablation of a GRPO key reuses the baseline study's SFT checkpoints; `--compare` prints the
+ablation table: one row per study, the first as the baseline.
 """
 from __future__ import annotations
 
@@ -106,6 +113,56 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _variant(study: Path) -> str:
+    meta = study / "study.json"
+    sets = json.loads(meta.read_text()).get("overrides", []) if meta.exists() else []
+    sets = [s for s in sets if not s.startswith("pipeline.")]
+    return ", ".join(f"`{s}`" for s in sets) or "recipe as shipped"
+
+
+def _reports(study: Path) -> dict[int, dict]:
+    """seed -> report.json of every finished seed under STUDY."""
+    out = {}
+    for path in sorted(study.glob("seed*/report.json")):
+        report = json.loads(path.read_text())
+        out[int(report["seed"])] = report
+    return out
+
+
+def compare(studies: list[Path]) -> str:
+    """One row per study (the first is the baseline): GRPO test accuracy and gain over SFT,
+    mean and spread over the seeds they share, and the per-seed difference from the baseline
+    (an ablation that reuses the baseline's SFT has the same SFT accuracy on every seed, so the
+    difference is GRPO's alone)."""
+    base = _reports(studies[0])
+    lines = ["GRPO test accuracy and gain in points, mean (std; min, max) over seeds; "
+             "difference from the first row's GRPO accuracy on the same seeds.", "",
+             "| variant | seeds | SFT | GRPO | gain | paired 95% above 0 | vs baseline |",
+             "|---|---|---|---|---|---|---|"]
+
+    def fmt(values: list[float], sign: str = "") -> str:
+        mean = statistics.fmean(values)
+        std = f"{statistics.stdev(values):.1f}; " if len(values) > 1 else ""
+        return (f"{mean:{sign}.1f} ({std}{min(values):{sign}.1f}, {max(values):{sign}.1f})")
+
+    for study in studies:
+        reports = _reports(study)
+        seeds = sorted(reports)
+        if not seeds:
+            raise SystemExit(f"--compare: {study} has no finished seed (seed*/report.json)")
+        rows = [reports[s] for s in seeds]
+        shared = [s for s in seeds if s in base]
+        diff = [100 * (reports[s]["grpo_accuracy"] - base[s]["grpo_accuracy"]) for s in shared]
+        above = sum(1 for r in rows if r.get("gain_ci95") and r["gain_ci95"][0] > 0)
+        lines.append(" | ".join([
+            f"| {_variant(study)} ({study.name})", ", ".join(map(str, seeds)),
+            f"{statistics.fmean(100 * r['sft_accuracy'] for r in rows):.1f}",
+            fmt([100 * r["grpo_accuracy"] for r in rows]),
+            fmt([r["gain_points"] for r in rows], "+"), f"{above} of {len(rows)}",
+            (fmt(diff, "+") if study != studies[0] else "baseline") + " |"]))
+    return "\n".join(lines)
+
+
 def _reuse_sft(source: Path, out: Path) -> None:
     """OUT starts with SOURCE's tokenizer and the results of its tokenizer, pretrain and sft
     stages (which name their checkpoints by absolute path, so they are read in place). The
@@ -137,7 +194,15 @@ def main() -> int:
                              "SFT (their results are linked, not recomputed): for ablations of "
                              "GRPO keys, which must leave those stages' inputs unchanged")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--compare", metavar="STUDY", nargs="+",
+                        help="run nothing: print the ablation table of these finished studies, "
+                             "the first as the baseline (written to the first's ablations.md)")
     args = parser.parse_args()
+    if args.compare:
+        text = compare([Path(p) for p in args.compare])
+        print(text)
+        (Path(args.compare[0]) / "ablations.md").write_text(text + "\n")
+        return 0
     if len(set(args.seeds)) < 2:
         parser.error("give at least two seeds (three or more for a claim): one seed has no spread")
     controls = {c.strip() for c in args.controls.split(",") if c.strip()} - {"none"}
