@@ -90,12 +90,19 @@ def test_plan_sets_data_parallel_and_refuses_mismatches(tmp_path):
         plan_train(1, str(TINY))
 
 
+MOE = REPO / "recipes" / "tiny" / "pretrain-moe.yaml"
+
+
 @pytest.mark.slow
-def test_two_ranks_train_with_bitwise_identical_parameters(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("recipe", [TINY, MOE], ids=["dense", "moe-bias-balancing"])
+def test_two_ranks_train_with_bitwise_identical_parameters(tmp_path, tiny_tokenizer, recipe):
+    """For the MoE recipe this also checks DeepSeek-V3's bias balancing under data parallel:
+    each rank routes different tokens, so without the all-reduce of the per-expert counts the
+    ranks' expert biases would drift apart."""
     out, mark = tmp_path / "run", uuid.uuid4().hex
     steps = 4
     res = run_cli("launch", "--nproc", "2", "--worker-script", _script(tmp_path, DUMP_WORKER),
-                  str(TINY), "--output-dir", str(out), "--max-steps", str(steps), "--no-progress",
+                  str(recipe), "--output-dir", str(out), "--max-steps", str(steps), "--no-progress",
                   "--set", f"tokenizer.path={tiny_tokenizer}", "--set", "train.batch_size=8",
                   "--set", "train.log_every=1", "--set", "data.heldout_batches=1",
                   env={"MINDXH_TEST_MARK": mark}, timeout=400)
@@ -110,6 +117,9 @@ def test_two_ranks_train_with_bitwise_identical_parameters(tmp_path, tiny_tokeni
     assert sorted(r0.files) == sorted(r1.files) and any(k.startswith("optim/") for k in r0.files)
     differ = [k for k in r0.files if not np.array_equal(r0[k], r1[k])]
     assert differ == [], f"ranks diverged in {differ}"
+    biases = [k for k in r0.files if k.endswith("expert_bias")]
+    assert bool(biases) == (recipe == MOE)
+    assert all(np.abs(r0[k]).max() > 0 for k in biases)  # the balancing did update them
     saved = load_file(str(out / f"checkpoints/step-{steps:08d}/model.safetensors"))
     dumped = {k[len("model/"):]: r0[k] for k in r0.files if k.startswith("model/")}
     assert saved.keys() == dumped.keys()
