@@ -229,3 +229,21 @@ def test_a_mixed_math_and_code_pipeline_routes_every_reward_by_task(tmp_path):
     for task, part in zip(("math", "code"), (samples[:8], samples[8:])):
         assert report["by_task"][task]["accuracy"]["grpo"] == sum(s["correct"] for s in part) / 8
     assert "By task" in (out / "report.md").read_text()
+
+
+def test_a_pipeline_without_pretraining_starts_sft_from_initialised_weights(tmp_path):
+    """The no-pretraining ablation: pipeline.stages without pretrain runs, SFT has no
+    init_from, and the report has both accuracies."""
+    out = tmp_path / "run"
+    sets = [s for s in TOY if not s.startswith("pipeline.control")] + [
+        "pipeline.stages=[tokenizer,sft,grpo,eval]", "grpo.steps=1"]
+    proc = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(out),
+                   *_sets(sets), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no pretrain stage" in proc.stderr and not (out / "pretrain").exists()
+    import yaml
+
+    assert yaml.safe_load((out / "sft" / "recipe.yaml").read_text())["train"]["init_from"] is None
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["stage_wall_s"]) == {"tokenizer", "sft", "grpo", "eval"}
+    assert 0.0 <= report["sft_accuracy"] <= 1.0 and 0.0 <= report["grpo_accuracy"] <= 1.0

@@ -401,3 +401,22 @@ def test_sft_schedule_constant_holds_the_lr_and_eval_every_0_checks_at_the_end(t
                                tmp_path / "data", tmp_path / "init", tmp_path / "sft", 600)
     assert cosine.optim.min_lr_ratio == base.optim.min_lr_ratio < 1.0
     assert lr_at(599, cosine.optim, 600) < 0.2 * cosine.sft.lr
+
+
+def test_sft_without_pretraining_reads_the_model_sections_and_the_tokenizer_itself():
+    """Without a pretrain stage SFT starts from initialised weights, so a change to the model,
+    the data or the tokenizer must make it stale; with pretraining, its inputs (and thus every
+    recorded run's fingerprint) are what they were."""
+    from mindxh.config import Recipe
+    from mindxh.pipeline.inputs import fingerprint, stage_inputs
+
+    r = Recipe()
+    full = stage_inputs(r, ["tokenizer", "pretrain", "sft"])["sft"]
+    assert not any(k.startswith("model.") for k in full) and "stage tokenizer" not in full
+    alone = stage_inputs(r, ["tokenizer", "sft"])["sft"]
+    assert alone["stage pretrain"] is None
+    assert alone["stage tokenizer"] == fingerprint(stage_inputs(r, ["tokenizer"])["tokenizer"])
+    assert alone["model.hidden_size"] == r.model.hidden_size and "seed" in alone
+    wider = Recipe()
+    wider.model.hidden_size *= 2
+    assert fingerprint(stage_inputs(wider, ["tokenizer", "sft"])["sft"]) != fingerprint(alone)

@@ -43,6 +43,14 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "export": (("pipeline.export_format",), ("sft", "grpo")),
 }
 
+# stage -> {upstream stage: what the stage reads instead when the recipe leaves that upstream
+# out}. Without pretraining, SFT starts from freshly initialised weights: it then reads the
+# model, data and seed sections (pretraining's inputs) and the tokenizer itself, so a change
+# there still makes its work stale.
+STANDS_IN: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "sft": {"pretrain": DEPENDS["pretrain"]},
+}
+
 # stage -> what it writes under the output directory (besides OUT/stages/<stage>*.json)
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("tokenizer.model", "tokenizer.vocab"),
@@ -104,6 +112,11 @@ def stage_inputs(recipe: Recipe, order: list[str]) -> dict[str, dict[str, Any]]:
         values = _recipe_values(recipe, keys)
         for up in upstream:
             values[f"stage {up}"] = fingerprint(found[up]) if up in found else None
+            stand_in = STANDS_IN.get(stage, {}).get(up)
+            if up not in found and stand_in is not None:
+                values.update(_recipe_values(recipe, stand_in[0]))
+                for deeper in stand_in[1]:
+                    values[f"stage {deeper}"] = fingerprint(found[deeper]) if deeper in found else None
         found[stage] = values
     return found
 

@@ -54,7 +54,8 @@ def model_recipe(recipe: Recipe, tokenizer_path: Path, vocab_size: int) -> Recip
                                    "model.vocab_size": vocab_size}, "model recipe")
 
 
-def sft_overrides(recipe: Recipe, data: Path, init_from: Path, out: Path, steps: int) -> dict[str, Any]:
+def sft_overrides(recipe: Recipe, data: Path, init_from: Path | None, out: Path,
+                  steps: int) -> dict[str, Any]:
     """What SFT changes in the model recipe: the cold-start data, `sft.*` shapes and optimiser,
     and a checkpoint every `sft.eval_every` steps (each is a candidate for early stopping; 0:
     at the end only). `sft.schedule: constant` holds the lr after warmup (min_lr_ratio 1)."""
@@ -65,7 +66,7 @@ def sft_overrides(recipe: Recipe, data: Path, init_from: Path, out: Path, steps:
         "output_dir": str(out),
         "data.source": "prepared",
         "data.datasets": [DatasetConfig(path=str(data), weight=1.0)],
-        "train.init_from": str(init_from),
+        "train.init_from": None if init_from is None else str(init_from),
         "train.seq_len": s.seq_len,
         "train.batch_size": s.batch_size,
         "train.grad_accum": 1,
@@ -80,7 +81,7 @@ def sft_overrides(recipe: Recipe, data: Path, init_from: Path, out: Path, steps:
     }
 
 
-def derive_sft_recipe(recipe: Recipe, data: Path, init_from: Path, out: Path, steps: int,
+def derive_sft_recipe(recipe: Recipe, data: Path, init_from: Path | None, out: Path, steps: int,
                       extra: Mapping[str, Any] | None = None, label: str = "sft recipe") -> Recipe:
     """The recipe of an SFT run of `steps` steps on prepared `data` from `init_from`;
     `extra` overrides go on top (the more-SFT control's checkpointing and warmup)."""

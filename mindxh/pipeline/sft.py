@@ -99,8 +99,11 @@ def run_sft(ctx: Context) -> SFTResult:
     s = ctx.recipe.sft
     out = ctx.stage_dir("sft")
     data = _prepare_cold_start(ctx, out)
-    pretrained = Path(ctx.result("pretrain", PretrainResult).checkpoint)
-    recipe = derive_sft_recipe(model_recipe_of(ctx), data, pretrained, out, s.max_steps)
+    pretrained = ctx.optional("pretrain", PretrainResult)  # None: SFT from fresh weights
+    if pretrained is None:
+        log.info("SFT: no pretrain stage in pipeline.stages; starting from initialised weights")
+    init = None if pretrained is None else Path(pretrained.checkpoint)
+    recipe = derive_sft_recipe(model_recipe_of(ctx), data, init, out, s.max_steps)
     judge = _Judge(ctx, out, Evaluator(ctx))  # built before training in every run: see above
     judge.catch_up(out)
     if judge.stopped:
