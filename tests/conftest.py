@@ -90,3 +90,13 @@ def tiny_tokenizer(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok")
     prepare_tokenizer(load_recipe(TINY), out)
     return out / "tokenizer.model"
+
+
+def randomise_expert_bias(model, rng, scale: float = 0.05) -> None:
+    """Non-zero balancing biases (a fresh model's are zero), so tests see them change routing."""
+    import mindspore as ms
+    import numpy as np
+
+    for p in model.get_parameters():
+        if p.name.endswith("expert_bias"):
+            p.set_data(ms.Tensor(rng.normal(0, scale, p.shape).astype(np.float32)))

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, randomise_expert_bias, run_cli
 from safetensors.numpy import load_file
 
 from mindxh.checkpoint.store import FAULT_ENV
@@ -197,9 +197,7 @@ def test_tensor_parallel_replay_of_the_moe_mlp_matches_mindspore(ms, train):
                                     balance="bias", capacity_factor=1.0))
     model = Decoder(cfg, seed=3)
     rng = np.random.default_rng(0)
-    for p in model.get_parameters():
-        if p.name.endswith("expert_bias"):
-            p.set_data(ms.Tensor(rng.normal(0, 0.05, p.shape).astype(np.float32)))
+    randomise_expert_bias(model, rng)
     tokens = rng.integers(0, 64, (2, 12)).astype(np.int32)
     weights = {p.name: p.asnumpy() for p in model.get_parameters()}
     out = model(ms.Tensor(tokens), None, None, True)[0] if train else model(ms.Tensor(tokens))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import randomise_expert_bias
 
 from mindxh.config.scale import ParallelConfig
 from mindxh.config.schema import ModelConfig, MoEConfig
@@ -55,9 +56,7 @@ def case(request, ms):
     cfg = moe_config(**CONFIGS[request.param])
     model = Decoder(cfg, seed=3)
     rng = np.random.default_rng(0)
-    for p in model.get_parameters():
-        if p.name.endswith("expert_bias"):
-            p.set_data(ms.Tensor(rng.normal(0, 0.05, p.shape).astype(np.float32)))
+    randomise_expert_bias(model, rng)
     tokens = rng.integers(0, 64, (4, 8)).astype(np.int32)
     targets = rng.integers(0, 64, (4, 8)).astype(np.int32)
     targets[0, :3] = -100

@@ -236,16 +236,17 @@ def _initial_weights(r: Recipe, latest: Path | None, model, tok: Tokenizer) -> N
         raise TrainingError(str(exc)) from None
 
 
-def _checked_peak(peak: float, achieved: float, probed: bool) -> float:
-    """`peak`, re-probed once a run beats it (MFU > 100%): a cached CPU probe measured under
-    load reads low. A table peak (Ascend, GPU) is never revised."""
+def _checked_peak(peak: float, achieved: float, probed: bool) -> tuple[float, bool]:
+    """(peak, whether it may still be revised). A cached CPU probe measured under load reads
+    low, so the first time a run beats it (MFU > 100%) it is probed again, once per run; a
+    table peak (Ascend, GPU) is never revised."""
     if not probed or achieved <= peak:
-        return peak
+        return peak, probed
     revised = revise_cpu_peak(achieved)
     if achieved > revised:
-        log.warning("MFU above 100%% (%.3g FLOP/s vs a %.3g FLOP/s GEMM probe): the probe is "
-                    "not this machine's practical peak", achieved, revised)
-    return revised
+        log.warning("MFU above 100%% (%.3g FLOP/s vs a %.3g FLOP/s GEMM probe): numpy's GEMM "
+                    "probe is not this machine's practical peak", achieved, revised)
+    return revised, False
 
 
 def _load_state(source: BatchSource, state: dict) -> None:
@@ -309,7 +310,7 @@ class Trainer:
                 eval_now = last or (t.eval_every > 0 and step % t.eval_every == 0)
                 if eval_now or step % t.log_every == 0:
                     tps = interval_tokens / interval_time
-                    peak = _checked_peak(peak, tps * s.flops_per_token, probed)
+                    peak, probed = _checked_peak(peak, tps * s.flops_per_token, probed)
                     record = {"step": step, "loss": loss, "lr": lr, "grad_norm": norm,
                               "tokens_per_s": tps, "mfu": mfu(tps, s.flops_per_token, peak),
                               "tokens": step * tokens_per_step, "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -329,6 +330,6 @@ class Trainer:
         finally:
             progress.close()
         tps = steady_tokens / steady_time if steady_time else 0.0
-        peak = _checked_peak(peak, tps * s.flops_per_token, probed)
+        peak, probed = _checked_peak(peak, tps * s.flops_per_token, probed)
         return TrainResult(self.out, step, loss, eval_loss, tps, mfu(tps, s.flops_per_token, peak),
                            time.perf_counter() - start_wall, s.cells.params)
