@@ -160,3 +160,13 @@ def test_tools_forward_to_the_cli(monkeypatch):
     with pytest.raises(SystemExit):
         runpy.run_path(str(harness.REPO_ROOT / "tools" / "bench_train_step.py"), run_name="__main__")
     assert seen["argv"][0] == "bench" and seen["argv"][-2:] == ["--steps", "2"]
+
+
+def test_the_fused_peer_is_graph_mode_with_graph_kernel_fusion():
+    from mindxh.bench import sections, train_jobs
+
+    job, params, python = sections._train_job("mindxh-graph-fused", {"config": "tiny"})
+    assert (job, params["mode"], params["graph_kernel"], python) == ("train-mindxh", "graph", True, None)
+    assert sections._train_job("mindxh-graph", {"config": "tiny"})[1]["graph_kernel"] is False
+    r = train_jobs._mindxh_recipe(spec.shape("tiny"), "graph", 3, params["graph_kernel"])
+    assert r.compile.enable_graph_kernel and r.compile.mode == "graph"

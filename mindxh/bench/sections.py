@@ -25,8 +25,10 @@ def _weights(work: Path, name: str, params: dict) -> str:
 
 def _train_job(peer: str, params: dict) -> tuple[str, dict, str | None] | str:
     """(job, params, python) for a peer, or the reason it cannot run here."""
-    if peer in ("mindxh-graph", "mindxh-pynative"):
-        return "train-mindxh", {**params, "mode": peer.split("-")[1]}, None
+    if peer in ("mindxh-graph", "mindxh-pynative", "mindxh-graph-fused"):
+        # -fused: graph mode with compile.enable_graph_kernel (CPU graph-kernel fusion, opt-in)
+        return "train-mindxh", {**params, "mode": peer.split("-")[1],
+                                "graph_kernel": peer.endswith("-fused")}, None
     if peer in ("torch-eager", "torch-compile"):
         return "train-torch", {**params, "compile": peer == "torch-compile"}, None
     if peer == "mindformers":

@@ -16,7 +16,8 @@ from mindxh.config.schema import ModelConfig, OptimConfig
 VOCAB = 512
 FFN_RATIO, FFN_MULTIPLE = 2.75, 32  # intermediate = 2.75 x hidden rounded to a multiple of 32
 INIT_STD = 0.02
-TRAIN_PEERS = ("mindxh-graph", "mindxh-pynative", "torch-eager", "torch-compile", "mindformers")
+TRAIN_PEERS = ("mindxh-graph", "mindxh-graph-fused", "mindxh-pynative", "torch-eager",
+               "torch-compile", "mindformers")
 BASELINE = "mindxh-graph"  # every ratio is against this row
 GEN_PROMPT = 32  # prompt tokens (one prefill bucket)
 GEN_NEW = (64, 256)

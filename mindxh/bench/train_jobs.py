@@ -16,12 +16,12 @@ from mindxh.bench import spec
 from mindxh.bench.child import load_weights, time_steps
 
 
-def _mindxh_recipe(s: spec.Shape, mode: str, steps: int):
+def _mindxh_recipe(s: spec.Shape, mode: str, steps: int, graph_kernel: bool = False):
     from mindxh.config import CompileConfig, Recipe, TrainConfig
 
     return Recipe(name=f"bench-{s.name}", model=spec.model_config(s), optim=spec.optim_config(),
                   train=TrainConfig(seq_len=s.seq, batch_size=s.batch, max_steps=steps),
-                  compile=CompileConfig(mode=mode))
+                  compile=CompileConfig(mode=mode, enable_graph_kernel=graph_kernel))
 
 
 def train_mindxh(p: dict) -> dict:
@@ -36,7 +36,7 @@ def train_mindxh(p: dict) -> dict:
     from mindxh.train.step import TrainStep
 
     s = spec.shape(p["config"])
-    r = _mindxh_recipe(s, p["mode"], p["warmup"] + p["steps"])
+    r = _mindxh_recipe(s, p["mode"], p["warmup"] + p["steps"], p.get("graph_kernel", False))
     runtime.configure(r)
     model = build_model(r.model, r.seed)
     assign_tensors(load_weights(p["weights"]), model.parameters_and_names(), p["weights"])
@@ -47,7 +47,8 @@ def train_mindxh(p: dict) -> dict:
         return float(loss.asnumpy())
 
     out = time_steps(step, spec.token_batches(s), p["warmup"], p["steps"])
-    out["framework"] = f"mindspore {ms.__version__} ({p['mode']})"
+    fused = ", graph-kernel fusion" if r.compile.enable_graph_kernel else ""
+    out["framework"] = f"mindspore {ms.__version__} ({p['mode']}{fused})"
     return out
 
 
