@@ -21,12 +21,12 @@ CONFIGS = {
 class FakeTokenizer:
     """Ids as text; stop ids chosen per test."""
 
-    def __init__(self, eos_id: int = 3, answer_end_id: int = 7):
-        self.eos_id, self.answer_end_id = eos_id, answer_end_id
+    def __init__(self, eos_id: int = 3, answer_end_id: int | None = 7, unk_id: int = 0):
+        self.eos_id, self.answer_end_id, self.unk_id = eos_id, answer_end_id, unk_id
 
-    def piece_to_id(self, piece: str) -> int:
+    def piece_to_id(self, piece: str) -> int:  # as SentencePiece: an unknown piece gives unk
         assert piece == "</answer>"
-        return self.answer_end_id
+        return self.unk_id if self.answer_end_id is None else self.answer_end_id
 
     def decode(self, ids) -> str:
         return " ".join(str(i) for i in ids)
@@ -172,6 +172,20 @@ def test_stop_tokens_end_a_row(graph_mode):
             assert c.finish_reason == ("eos" if full[cut] == eos else "stop")
     assert out[0].finish_reason == "eos" and len(out[0].ids) <= 4
     assert gen.last_stats.new_tokens == sum(len(c.ids) for c in out)
+
+
+def test_a_tokenizer_without_answer_end_stops_at_eos_only_not_at_unk(graph_mode):
+    """SentencePiece maps an unknown piece to <unk>: a tokenizer lacking `</answer>` must not
+    make every <unk> the model emits a stop token."""
+    from mindxh.generate import Generator
+
+    model = _model("llama-gqa")
+    probe = Generator(model, FakeTokenizer(1000, 1001), BATCH, MAX_LEN, prompt_bucket=8)
+    full = probe.generate(PROMPTS[:1], GREEDY)[0].ids
+    gen = Generator(model, FakeTokenizer(1000, None, unk_id=full[2]), BATCH, MAX_LEN,
+                    prompt_bucket=8)
+    out = gen.generate(PROMPTS[:1], GREEDY)[0]
+    assert out.ids == full and out.finish_reason == "length"
 
 
 def test_prompt_errors_are_clear(gen):

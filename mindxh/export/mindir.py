@@ -146,7 +146,7 @@ def export_model(model, tokenizer, out: Path, max_len: int, prompt_bucket: int =
         "max_len": max_len, "cache_len": cache_len,
         "prompt_bucket": prompt_bucket, "prompt_widths": prompt_widths(max_len, prompt_bucket),
         "tokenizer": tokenizer_files[0],
-        "stop_ids": {"eos": tokenizer.eos_id, "answer_end": tokenizer.piece_to_id("</answer>")},
+        "stop_ids": {"eos": tokenizer.eos_id, "answer_end": tokenizer.answer_end_id},  # or None
         "cache_layout": "[layers, batch, kv_heads, cache_len, head_dim]; column j holds the "
                         "keys/values of position j; a token at position p sees columns <= p",
         "graphs": sigs,

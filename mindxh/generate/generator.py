@@ -126,7 +126,11 @@ class BatchGenerator:
         self.backend, self.tokenizer = backend, tokenizer
         self.batch_size, self.max_len, self.prompt_bucket = batch_size, max_len, prompt_bucket
         self.vocab_size = vocab_size
-        self.stop_ids = {tokenizer.eos_id: "eos", tokenizer.piece_to_id("</answer>"): "stop"}
+        # `</answer>` ends a reasoning answer; a tokenizer without that piece (answer_end_id
+        # None) stops at eos only, never at the id its piece_to_id gives unknown pieces
+        self.stop_ids = {tokenizer.eos_id: "eos"}
+        if getattr(tokenizer, "answer_end_id", None) is not None:
+            self.stop_ids[tokenizer.answer_end_id] = "stop"
         self.last_stats = GenerationStats(batch_size=batch_size)
 
     # -- public ---------------------------------------------------------------
