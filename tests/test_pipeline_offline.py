@@ -362,25 +362,32 @@ def test_the_ablation_table_compares_studies_seed_by_seed_against_the_first(tmp_
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
 
-    def write(name, grpo_by_seed, overrides=()):
+    import yaml
+
+    def write(name, grpo_by_seed, kl_beta=0.0, stages=("pretrain", "sft", "grpo", "export")):
         for seed, grpo in grpo_by_seed.items():
             (tmp_path / name / f"seed{seed}").mkdir(parents=True)
             (tmp_path / name / f"seed{seed}" / "report.json").write_text(json.dumps(
                 {"seed": seed, "sft_accuracy": 0.5, "grpo_accuracy": grpo,
                  "gain_points": round(100 * (grpo - 0.5), 2),
                  "gain_ci95": [100 * (grpo - 0.5) - 5, 100 * (grpo - 0.5) + 5]}))
-        (tmp_path / name / "study.json").write_text(json.dumps({"overrides": list(overrides)}))
+            (tmp_path / name / f"seed{seed}" / "recipe.yaml").write_text(yaml.safe_dump(
+                {"seed": seed, "output_dir": f"{name}/seed{seed}",
+                 "grpo": {"kl_beta": kl_beta, "steps": 80}, "pipeline": {"stages": list(stages)}}))
         return tmp_path / name
 
     base = write("base", {0: 0.70, 1: 0.66, 2: 0.60})
-    kl = write("kl", {0: 0.72, 1: 0.60, 2: 0.60, 3: 0.9},
-               ["pipeline.control_more_sft=false", "grpo.kl_beta=0.04"])
+    kl = write("kl", {0: 0.72, 1: 0.60, 2: 0.60, 3: 0.9}, kl_beta=0.04,
+               stages=("pretrain", "sft", "grpo"))
     text = study.compare([base, kl])
-    assert "| recipe as shipped (base) | 0, 1, 2 | 50.0 | 65.3 (5.0; 60.0, 70.0) |" in text
-    # the seed only the ablation ran is in its own row but not in the paired difference
+    assert "| baseline recipe (base) | 0, 1, 2 | 50.0 | 65.3 (5.0; 60.0, 70.0) |" in text
+    # the variant is named by what its recorded recipe changes (stages and paths are not
+    # variants); the seed only the ablation ran is in its row but not in the difference
     assert "| `grpo.kl_beta=0.04` (kl) | 0, 1, 2, 3 |" in text
     assert "| +0.0 (" not in text and text.rstrip().endswith("-1.3 (4.2; -6.0, +2.0) |")
     assert "| baseline |" in text
+    bare = write("bare", {0: 0.5}, stages=("grpo",))
+    assert "| no pretrain stage, no sft stage (bare) | 0 |" in study.compare([base, bare])
     with pytest.raises(SystemExit, match="no finished seed"):
         study.compare([base, tmp_path / "empty"])
 

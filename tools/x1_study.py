@@ -113,11 +113,39 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _variant(study: Path) -> str:
-    meta = study / "study.json"
-    sets = json.loads(meta.read_text()).get("overrides", []) if meta.exists() else []
-    sets = [s for s in sets if not s.startswith("pipeline.")]
-    return ", ".join(f"`{s}`" for s in sets) or "recipe as shipped"
+# recipe keys that name a run rather than change what it computes
+_NOT_A_VARIANT = ("name", "seed", "output_dir", "pipeline.")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _recipe(study: Path) -> dict:
+    """The resolved recipe of STUDY's first finished seed (what its pipeline recorded)."""
+    import yaml
+
+    first = min(study.glob("seed*/recipe.yaml"), default=None)
+    return _flat(yaml.safe_load(first.read_text())) if first else {}
+
+
+def _variant(study: Path, base: dict) -> str:
+    """What STUDY's recipe sets differently from the baseline's, e.g. `grpo.kl_beta=0.04`."""
+    mine = _recipe(study)
+    diff = [f"`{k}={json.dumps(mine.get(k))}`" for k in sorted(set(mine) | set(base))
+            if mine.get(k) != base.get(k) and not k.startswith(_NOT_A_VARIANT)]
+    # of the stages, only a training stage left out changes a result (controls, export do not)
+    trained = ("pretrain", "sft", "grpo")
+    diff += [f"no {stage} stage" for stage in trained
+             if stage in base.get("pipeline.stages", trained)
+             and stage not in mine.get("pipeline.stages", trained)]
+    return ", ".join(diff) or "baseline recipe"
 
 
 def _reports(study: Path) -> dict[int, dict]:
@@ -134,7 +162,7 @@ def compare(studies: list[Path]) -> str:
     mean and spread over the seeds they share, and the per-seed difference from the baseline
     (an ablation that reuses the baseline's SFT has the same SFT accuracy on every seed, so the
     difference is GRPO's alone)."""
-    base = _reports(studies[0])
+    base, base_recipe = _reports(studies[0]), _recipe(studies[0])
     lines = ["GRPO test accuracy and gain in points, mean (std; min, max) over seeds; "
              "difference from the first row's GRPO accuracy on the same seeds.", "",
              "| variant | seeds | SFT | GRPO | gain | paired 95% above 0 | vs baseline |",
@@ -155,7 +183,7 @@ def compare(studies: list[Path]) -> str:
         diff = [100 * (reports[s]["grpo_accuracy"] - base[s]["grpo_accuracy"]) for s in shared]
         above = sum(1 for r in rows if r.get("gain_ci95") and r["gain_ci95"][0] > 0)
         lines.append(" | ".join([
-            f"| {_variant(study)} ({study.name})", ", ".join(map(str, seeds)),
+            f"| {_variant(study, base_recipe)} ({study.name})", ", ".join(map(str, seeds)),
             f"{statistics.fmean(100 * r['sft_accuracy'] for r in rows):.1f}",
             fmt([100 * r["grpo_accuracy"] for r in rows]),
             fmt([r["gain_points"] for r in rows], "+"), f"{above} of {len(rows)}",
