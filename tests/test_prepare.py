@@ -5,11 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import TINY, run_cli
 
 from mindxh.data import prepare as prepare_mod
 from mindxh.data import shards
@@ -338,3 +339,124 @@ def test_bulk_packer_equals_packer():
                 for j, c in enumerate(COLUMNS[1:]):
                     rows = np.concatenate([g[j] for g in got])
                     assert np.array_equal(rows, want[c]), (split, seq_len, c)
+
+
+# -- a Hugging Face tokenizer.json (what Tokenizer.load, and so `mindxh train`, accepts) ----------
+
+@pytest.fixture(scope="module")
+def json_tok_path(tmp_path_factory) -> Path:
+    """A tiny byte-level BPE tokenizer.json; its BOS/EOS have names no guess would find, so they
+    come from the tokenizer_config.json beside it (in the workers too)."""
+    hf = pytest.importorskip("tokenizers")
+    tok = hf.Tokenizer(hf.models.BPE())
+    tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = hf.decoders.ByteLevel()
+    trainer = hf.trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<|go|>", "<|stop|>"],
+                                     initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(sample_texts(0, "train", [1, 2, 3], 200), trainer)
+    folder = tmp_path_factory.mktemp("hf")
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|go|>", "eos_token": {"content": "<|stop|>"}, "pad_token": "<pad>"}))
+    return folder / "tokenizer.json"
+
+
+def split_on(ids: np.ndarray, sep: int) -> list[np.ndarray]:
+    """`ids` cut after every `sep` (dropped); what follows the last one is dropped too."""
+    ends = np.flatnonzero(ids == sep)
+    return [ids[a + 1:b] for a, b in zip(np.r_[-1, ends[:-1]], ends)]
+
+
+def test_tokenizer_json_pretrain(tmp_path, json_tok_path, texts, caplog):
+    tok = Tokenizer.load(json_tok_path)
+    assert tok.bos_id == tok.piece_to_id("<|go|>") and tok.eos_id == tok.piece_to_id("<|stop|>")
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in texts])
+    out = tmp_path / "out"
+    m = prepare([path], out, json_tok_path, seq_len=64, workers=0, rows_per_shard=40)
+    assert m["tokenizer"] == {"path": str(json_tok_path), "sha256": shards.file_sha256(json_tok_path),
+                              "vocab_size": tok.vocab_size} and tok.sha256 == m["tokenizer"]["sha256"]
+    got = read_rows(out)
+    assert_rows_equal(got, packed(pretrain_docs(tok, texts), 64, split=True))
+    # the labels are each document's text then its EOS, in order: they decode back to the input
+    labels = got["labels"][got["segment_ids"] > 0]
+    assert [tok.decode(d) for d in split_on(labels, tok.eos_id)] == texts
+    # worker processes (spawned: they get the tokenizer, config-given ids included) write the same bytes
+    m2 = prepare([path], tmp_path / "w2", json_tok_path, seq_len=64, workers=2, rows_per_shard=40)
+    assert stable(m2) == stable(m) and shard_bytes(tmp_path / "w2") == shard_bytes(out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with caplog.at_level(logging.INFO, logger="mindxh"):
+        assert prepare([path], out, json_tok_path, seq_len=64, workers=0, rows_per_shard=40) == m
+    assert "nothing to do" in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
+
+def test_tokenizer_json_data_passes_the_trainers_check(tmp_path, json_tok_path, tok_path, texts):
+    """`mindxh train` opens prepared data with the sha256 of Tokenizer.load(tokenizer.path): the
+    same as the manifest's, so it trains on data prepared with a tokenizer.json."""
+    from mindxh.data.loader import DataError, PreparedDataset
+
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in texts[:50]])
+    prepare([path], tmp_path / "out", json_tok_path, seq_len=64, workers=0)
+    data = PreparedDataset.open(tmp_path / "out", "data.train", 64, Tokenizer.load(json_tok_path).sha256)
+    assert data.rows > 0
+    with pytest.raises(DataError, match="another tokenizer"):
+        PreparedDataset.open(tmp_path / "out", "data.train", 64, Tokenizer.load(tok_path).sha256)
+    # and a (2-step, ~10 s) training run on it, with tokenizer.path naming the tokenizer.json
+    run = tmp_path / "run"
+    proc = run_cli("train", str(TINY), "--output-dir", str(run), "--no-progress", "--max-steps", "2",
+                   "--set", f"tokenizer.path={json_tok_path}", "--set", "data.source=prepared",
+                   "--set", f"data.datasets=[{{path: {tmp_path / 'out'}, weight: 1}}]",
+                   "--set", "train.seq_len=64", "--set", "train.batch_size=2",
+                   "--set", "data.heldout_batches=0", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done: 2 steps" in proc.stdout
+
+
+def test_tokenizer_json_sft(tmp_path, json_tok_path, texts):
+    tok = Tokenizer.load(json_tok_path)
+    samples = []
+    for i, t in enumerate(texts[:60]):
+        q, _, r = t.partition("\n")
+        if i % 3 == 0:
+            samples.append({"messages": [{"role": "system", "content": "Solve it."},
+                                         {"role": "user", "content": q},
+                                         {"role": "assistant", "content": r},
+                                         {"role": "user", "content": "Sure?"},
+                                         {"role": "assistant", "content": "Yes."}]})
+        else:
+            samples.append({"prompt": q, "response": r})
+    long = {"prompt": "x " * 400, "response": "y"}
+    path = write_jsonl(tmp_path / "sft.jsonl", samples[:20] + [long] + samples[20:])
+    m = prepare([path], tmp_path / "out", json_tok_path, kind="sft", seq_len=192, workers=0)
+    assert m["tokenizer"]["sha256"] == tok.sha256 and m["tokenizer"]["vocab_size"] == tok.vocab_size
+    rendered = [render_chat(tok, s) for s in samples]
+    want = packed([ids for ids, _ in rendered], 192, split=False, masks=[mk for _, mk in rendered])
+    got = read_rows(tmp_path / "out")
+    assert_rows_equal(got, want)
+    # the loss is on assistant tokens (and their EOS) only: they decode to the answers, in order
+    learnt = got["labels"][got["labels"] != IGNORE]
+    answers = [m_["content"] for s in samples
+               for m_ in s.get("messages", [{"role": "assistant", "content": s.get("response")}])
+               if m_["role"] == "assistant"]
+    assert [tok.decode(a) for a in split_on(learnt, tok.eos_id)] == answers
+    assert m["loss_tokens"] == learnt.shape[0] and m["documents"] == len(samples)
+    assert m["skipped"] == {"too_long": 1} and m["sources"][0]["skipped_lines"] == {"too_long": [21]}
+
+
+def test_bad_tokenizer_files_are_named(tmp_path, json_tok_path, texts):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in texts[:5]])
+    for name, content in (("bad.json", '{"not": "a tokenizer"}'), ("vocab.txt", "a\nb\n")):
+        (tmp_path / name).write_text(content)
+        with pytest.raises(PrepareError, match=re.escape(str(tmp_path / name)) + ".*expected a "
+                                               r"SentencePiece \.model, or a Hugging Face tokenizer\.json"):
+            prepare([path], tmp_path / "o", tmp_path / name, seq_len=8, workers=0)
+    with pytest.raises(PrepareError, match="not found: " + re.escape(str(tmp_path / "none.json"))):
+        prepare([path], tmp_path / "o", tmp_path / "none.json", seq_len=8, workers=0)
+    with pytest.raises(PrepareError, match=re.escape(f"{tmp_path} is a directory")):
+        prepare([path], tmp_path / "o", tmp_path, seq_len=8, workers=0)
+    nobos = tmp_path / "nobos" / "tokenizer.json"  # no config beside it, and no well-known names
+    nobos.parent.mkdir()
+    nobos.write_bytes(json_tok_path.read_bytes())
+    with pytest.raises(PrepareError, match=re.escape(f"{nobos} has no bos_token or eos_token") + ".*tokenizer_config"):
+        prepare([path], tmp_path / "o", nobos, seq_len=8, workers=0)
+    assert not (tmp_path / "o" / "manifest.json").exists()

@@ -25,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=KINDS, required=True,
                    help="pretrain: 'text' documents, split across rows; sft: chat samples "
                         "('messages' or 'prompt'+'response'), kept whole, loss on the answers")
-    p.add_argument("--tokenizer", required=True, metavar="TOK.model", help="SentencePiece model")
+    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER",
+                   help="a SentencePiece .model, or a Hugging Face tokenizer.json (its special "
+                        "tokens from the tokenizer_config.json beside it); use the file the "
+                        "training recipe's tokenizer.path names")
     p.add_argument("--seq-len", type=int, required=True, metavar="N", help="tokens per row")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--workers", type=int, default=None, metavar="W",

@@ -82,11 +82,7 @@ def prepare(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
         raise PrepareError("no input files given")
     for p in paths:
         check_input(p, kind)
-    try:
-        model_bytes = Path(tokenizer_path).read_bytes()
-        tok = Tokenizer(model_bytes, path=str(tokenizer_path))
-    except (OSError, ValueError) as exc:
-        raise PrepareError(f"tokenizer {tokenizer_path}: {exc}") from exc
+    tok = _load_tokenizer(tokenizer_path)
 
     sources = [{"path": str(p), "sha256": shards.file_sha256(p), "bytes": p.stat().st_size} for p in paths]
     options = {"max_doc_chars": max_doc_chars, "rows_per_shard": rows_per_shard}
@@ -104,7 +100,7 @@ def prepare(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
             return existing
         partial = outdir.new_partial(out)
         try:
-            manifest = _build(paths, partial, model_bytes, spec, sources, options, workers, strict,
+            manifest = _build(paths, partial, tok, spec, sources, options, workers, strict,
                               progress, start_method)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -119,6 +115,29 @@ def prepare(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
              f"{manifest['loss_tokens']:,}", manifest["rows"], seq_len, len(manifest["shards"]),
              dt, f"{manifest['tokens'] / max(dt, 1e-9):,.0f}")
     return manifest
+
+
+def _load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
+    """What `Tokenizer.load` reads (a SentencePiece .model, or a Hugging Face tokenizer.json),
+    as `mindxh train` loads `tokenizer.path`: so the manifest's sha256 is the one the trainer
+    checks. Every document starts with BOS and ends with EOS, so both must exist."""
+    p = Path(path)
+    if p.is_dir():
+        raise PrepareError(f"tokenizer {p} is a directory; name the file in it (a SentencePiece "
+                           ".model, or tokenizer.json)")
+    try:
+        tok = Tokenizer.load(p)
+    except (OSError, ValueError) as exc:
+        msg = str(exc) if str(p) in str(exc) else f"tokenizer {p}: {exc}"
+        if isinstance(exc, ValueError):
+            msg += "; expected a SentencePiece .model, or a Hugging Face tokenizer.json"
+        raise PrepareError(msg) from None
+    missing = [name for name, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id)) if i < 0]
+    if missing:
+        raise PrepareError(f"tokenizer {p} has no {' or '.join(missing)}; prepared documents "
+                           "start with BOS and end with EOS (for a tokenizer.json, name them in "
+                           "the tokenizer_config.json beside it)")
+    return tok
 
 
 def _same_dataset(manifest: dict, spec: dict, sources: list[dict], options: dict) -> bool:
@@ -172,7 +191,7 @@ def _existing(out: Path, spec: dict, sources: list[dict], options: dict, overwri
     return manifest
 
 
-def _build(paths: list[Path], partial: Path, model_bytes: bytes, spec: dict, sources: list[dict],
+def _build(paths: list[Path], partial: Path, tok: Tokenizer, spec: dict, sources: list[dict],
            options: dict, workers: int, strict: bool, progress: bool, start_method: str) -> dict:
     """Read, tokenise, pack and write into ``partial``; the manifest (without command/time)."""
     kind, seq_len = spec["kind"], spec["seq_len"]
@@ -180,7 +199,7 @@ def _build(paths: list[Path], partial: Path, model_bytes: bytes, spec: dict, sou
     documents = [0] * len(paths)
     packer = BulkPacker(seq_len, split=(kind == "pretrain"))
     chunks = (c for i, p in enumerate(paths) for c in read_chunks(i, p, kind, _CHUNK_BYTES))
-    encoder_args = (model_bytes, kind, seq_len, options["max_doc_chars"])
+    encoder_args = (tok, kind, seq_len, options["max_doc_chars"])
     bar = _Progress(sum(s["bytes"] for s in sources), progress)
     writer = None
     try:

@@ -2,8 +2,12 @@
 
 Runs in worker processes (or in the main process with ``workers=0``). Everything slow
 and per-record lives here: UTF-8 decoding, JSON parsing, validation and tokenising.
-Pretraining text goes through SentencePiece's batch encoder in one call per chunk, and
+Pretraining text goes through the tokenizer's batch encoder in one call per chunk, and
 the result travels back as two numpy arrays, not millions of Python ints.
+
+A worker receives the tokenizer object the parent loaded (SentencePiece or a Hugging Face
+tokenizer.json, pickled with its model), not its path: the file is read once, by the
+parent, so the tokens come from exactly the file whose sha256 the manifest records.
 
 Imports no MindSpore, so a spawned worker starts in a fraction of a second.
 """
@@ -17,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import sentencepiece as spm
 
 from mindxh.data.chat import ChatFormatError, render_chat
 from mindxh.data.readers import Chunk, Skip, classify_chat_error, parse_chunk
@@ -42,10 +45,8 @@ class Encoded:
 class ChunkEncoder:
     """Turns chunks into :class:`Encoded`; pretraining documents become ``<s> text </s>``."""
 
-    def __init__(self, model_bytes: bytes, kind: str, seq_len: int, max_doc_chars: int):
-        self.tok = Tokenizer(model_bytes)
-        self.sp = spm.SentencePieceProcessor()
-        self.sp.LoadFromSerializedProto(model_bytes)
+    def __init__(self, tok: Tokenizer, kind: str, seq_len: int, max_doc_chars: int):
+        self.tok = tok
         self.kind, self.seq_len, self.max_doc_chars = kind, seq_len, max_doc_chars
 
     def __call__(self, chunk: Chunk) -> Encoded:
@@ -66,12 +67,12 @@ class ChunkEncoder:
 
     def _pretrain(self, texts: list[str], lines: list[int], skips: list) -> Encoded:
         try:
-            ids = self.sp.encode(texts, out_type=int, num_threads=1)
+            ids = self.tok.encode_batch(texts)
         except (UnicodeError, TypeError, RuntimeError):  # a lone surrogate from a JSON \\ud800 escape
             ids = []
             for text, line in zip(texts, lines):
                 try:
-                    ids.append(self.sp.encode(text, out_type=int))
+                    ids.append(self.tok.encode(text))
                 except (UnicodeError, TypeError, RuntimeError):
                     skips.append(("undecodable", line, "text is not valid Unicode (lone surrogate)"))
         content = np.fromiter(map(len, ids), np.int64, count=len(ids))
@@ -113,12 +114,13 @@ class ChunkEncoder:
 _ENCODER: ChunkEncoder | None = None
 
 
-def init_worker(model_bytes: bytes, kind: str, seq_len: int, max_doc_chars: int, parent: int) -> None:
+def init_worker(tok: Tokenizer, kind: str, seq_len: int, max_doc_chars: int, parent: int) -> None:
     """Pool initializer: build this process's encoder; exit if the parent dies (a killed
     ``prepare`` must not leave workers behind); leave Ctrl-C to the parent."""
     global _ENCODER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    _ENCODER = ChunkEncoder(model_bytes, kind, seq_len, max_doc_chars)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the worker processes already share the CPUs
+    _ENCODER = ChunkEncoder(tok, kind, seq_len, max_doc_chars)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 

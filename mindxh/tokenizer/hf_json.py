@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from mindxh.errors import MindxhError, MissingFileError
 
@@ -101,6 +101,11 @@ class JsonTokenizer:
         if eos and self.eos_id >= 0:
             ids.append(self.eos_id)
         return ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of each text (no bos/eos) in one call, as `Tokenizer.encode_batch`. It uses threads
+        unless TOKENIZERS_PARALLELISM=false, which `data prepare`'s worker processes set."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens (bos/eos/pad...) are dropped, as SentencePiece does."""

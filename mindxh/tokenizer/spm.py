@@ -129,6 +129,11 @@ class Tokenizer:
             ids.append(self.eos_id)
         return ids
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of each text (no bos/eos) in one call, on one thread: ``data prepare``
+        encodes a chunk of documents at once and parallelises with processes."""
+        return self._sp.encode(list(texts), out_type=int, num_threads=1)
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; pad/bos/eos are dropped (they are control pieces)."""
         return str(self._sp.DecodeIds([int(i) for i in ids]))
