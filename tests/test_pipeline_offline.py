@@ -371,6 +371,10 @@ def test_the_ablation_table_compares_studies_seed_by_seed_against_the_first(tmp_
                 {"seed": seed, "sft_accuracy": 0.5, "grpo_accuracy": grpo,
                  "gain_points": round(100 * (grpo - 0.5), 2),
                  "gain_ci95": [100 * (grpo - 0.5) - 5, 100 * (grpo - 0.5) + 5]}))
+            (tmp_path / name / f"seed{seed}" / "eval").mkdir()
+            right = round(10 * grpo)  # 10 test problems per seed, the first `right` solved
+            (tmp_path / name / f"seed{seed}" / "eval" / "grpo_samples.jsonl").write_text("".join(
+                json.dumps({"question": f"q{i}", "correct": i < right}) + "\n" for i in range(10)))
             (tmp_path / name / f"seed{seed}" / "recipe.yaml").write_text(yaml.safe_dump(
                 {"seed": seed, "output_dir": f"{name}/seed{seed}",
                  "grpo": {"kl_beta": kl_beta, "steps": 80}, "pipeline": {"stages": list(stages)}}))
@@ -384,7 +388,15 @@ def test_the_ablation_table_compares_studies_seed_by_seed_against_the_first(tmp_
     # the variant is named by what its recorded recipe changes (stages and paths are not
     # variants); the seed only the ablation ran is in its row but not in the difference
     assert "| `grpo.kl_beta=0.04` (kl) | 0, 1, 2, 3 |" in text
-    assert "| +0.0 (" not in text and text.rstrip().endswith("-1.3 (4.2; -6.0, +2.0) |")
+    # paired by problem over seeds 0-2 (10 problems each): 7 vs 7 solved, 6 vs 7 (problem 6
+    # lost), 6 vs 6; the interval is the pooled one, the per-seed range from the reports
+    import numpy as np
+
+    diffs = [0] * 10 + ([0] * 6 + [-1] + [0] * 3) + [0] * 10
+    mean = 100 * np.mean(diffs)
+    half = 100 * 1.959964 * np.std(diffs, ddof=1) / np.sqrt(len(diffs))
+    assert text.rstrip().endswith(f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]; "
+                                  "per seed -6.0 to +2.0 |"), text
     assert "| baseline |" in text
     bare = write("bare", {0: 0.5}, stages=("grpo",))
     assert "| no pretrain stage, no sft stage (bare) | 0 |" in study.compare([base, bare])

@@ -157,15 +157,43 @@ def _reports(study: Path) -> dict[int, dict]:
     return out
 
 
+def _results(study: Path, seed: int) -> list[tuple[str, bool]]:
+    """(question, correct) of every greedy test answer of the GRPO model, in test order."""
+    path = study / f"seed{seed}" / "eval" / "grpo_samples.jsonl"
+    return [(r["question"], bool(r["correct"])) for r in map(json.loads, path.open())]
+
+
+def paired_vs(study: Path, base: Path, seeds: list[int]) -> tuple[float, float, float] | None:
+    """(mean, low, high) in points of STUDY's minus BASE's GRPO test accuracy, paired by
+    problem and pooled over SEEDS: the noise of a 500-problem test set shown, not guessed.
+    None when either lacks the per-problem samples or they are not the same problems."""
+    from mindxh.utils.stats import paired_difference
+
+    after, before = "", ""
+    for seed in seeds:
+        try:
+            mine, theirs = _results(study, seed), _results(base, seed)
+        except FileNotFoundError:
+            return None
+        if [q for q, _ in mine] != [q for q, _ in theirs]:
+            return None
+        after += "".join("1" if ok else "0" for _, ok in mine)
+        before += "".join("1" if ok else "0" for _, ok in theirs)
+    if len(after) < 2:
+        return None
+    return tuple(100 * x for x in paired_difference(after, before))
+
+
 def compare(studies: list[Path]) -> str:
     """One row per study (the first is the baseline): GRPO test accuracy and gain over SFT,
     mean and spread over the seeds they share, and the per-seed difference from the baseline
     (an ablation that reuses the baseline's SFT has the same SFT accuracy on every seed, so the
     difference is GRPO's alone)."""
     base, base_recipe = _reports(studies[0]), _recipe(studies[0])
-    lines = ["GRPO test accuracy and gain in points, mean (std; min, max) over seeds; "
-             "difference from the first row's GRPO accuracy on the same seeds.", "",
-             "| variant | seeds | SFT | GRPO | gain | paired 95% above 0 | vs baseline |",
+    lines = ["GRPO test accuracy and gain in points, mean (std; min, max) over seeds. vs "
+             "baseline: the first row's GRPO accuracy subtracted on the seeds both ran, paired by "
+             "test problem and pooled over those seeds [95% interval], then per seed (min, max).",
+             "", "| variant | seeds | SFT | GRPO | gain | paired 95% above 0 | vs baseline |",
              "|---|---|---|---|---|---|---|"]
 
     def fmt(values: list[float], sign: str = "") -> str:
@@ -187,8 +215,18 @@ def compare(studies: list[Path]) -> str:
             f"{statistics.fmean(100 * r['sft_accuracy'] for r in rows):.1f}",
             fmt([100 * r["grpo_accuracy"] for r in rows]),
             fmt([r["gain_points"] for r in rows], "+"), f"{above} of {len(rows)}",
-            (fmt(diff, "+") if study != studies[0] else "baseline") + " |"]))
+            _versus(study, studies[0], shared, diff) + " |"]))
     return "\n".join(lines)
+
+
+def _versus(study: Path, base: Path, shared: list[int], diff: list[float]) -> str:
+    if study == base:
+        return "baseline"
+    if not shared:
+        return "no seed in common"
+    pooled = paired_vs(study, base, shared)
+    interval = "" if pooled is None else f"{pooled[0]:+.1f} [{pooled[1]:+.1f}, {pooled[2]:+.1f}]; "
+    return f"{interval}per seed {min(diff):+.1f} to {max(diff):+.1f}"
 
 
 def _reuse_sft(source: Path, out: Path) -> None:
