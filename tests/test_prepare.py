@@ -119,9 +119,11 @@ def test_pretrain_round_trip_and_manifest(tmp_path, tok_path, tok, texts):
         ["manifest.json"] + [n for s in m["shards"] for n in (s["file"], s["file"] + ".db")])
 
 
-def test_sft_round_trip(tmp_path, tok_path, tok, texts):
+def sft_samples(texts: list[str]) -> list[dict]:
+    """Chat records from synthetic texts: every third a multi-turn `messages` record (two
+    assistant turns, both trained), the others `prompt` + `response`."""
     samples = []
-    for i, t in enumerate(texts[:120]):
+    for i, t in enumerate(texts):
         q, _, r = t.partition("\n")
         if i % 3 == 0:
             samples.append({"messages": [{"role": "system", "content": "Solve it."},
@@ -131,6 +133,11 @@ def test_sft_round_trip(tmp_path, tok_path, tok, texts):
                                          {"role": "assistant", "content": "Yes."}]})
         else:
             samples.append({"prompt": q, "response": r})
+    return samples
+
+
+def test_sft_round_trip(tmp_path, tok_path, tok, texts):
+    samples = sft_samples(texts[:120])
     long = {"prompt": "x " * 400, "response": "y"}
     path = write_jsonl(tmp_path / "sft.jsonl", samples[:50] + [long] + samples[50:])
     m = prepare([path], tmp_path / "out", tok_path, kind="sft", seq_len=192, workers=0)
@@ -414,17 +421,7 @@ def test_tokenizer_json_data_passes_the_trainers_check(tmp_path, json_tok_path, 
 
 def test_tokenizer_json_sft(tmp_path, json_tok_path, texts):
     tok = Tokenizer.load(json_tok_path)
-    samples = []
-    for i, t in enumerate(texts[:60]):
-        q, _, r = t.partition("\n")
-        if i % 3 == 0:
-            samples.append({"messages": [{"role": "system", "content": "Solve it."},
-                                         {"role": "user", "content": q},
-                                         {"role": "assistant", "content": r},
-                                         {"role": "user", "content": "Sure?"},
-                                         {"role": "assistant", "content": "Yes."}]})
-        else:
-            samples.append({"prompt": q, "response": r})
+    samples = sft_samples(texts[:60])
     long = {"prompt": "x " * 400, "response": "y"}
     path = write_jsonl(tmp_path / "sft.jsonl", samples[:20] + [long] + samples[20:])
     m = prepare([path], tmp_path / "out", json_tok_path, kind="sft", seq_len=192, workers=0)
