@@ -23,6 +23,7 @@ ablation table: one row per study, the first as the baseline.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -157,6 +158,7 @@ def _reports(study: Path) -> dict[int, dict]:
     return out
 
 
+@functools.lru_cache(maxsize=None)  # the baseline's are read once, not once per ablation
 def _results(study: Path, seed: int) -> list[tuple[str, bool]]:
     """(question, correct) of every greedy test answer of the GRPO model, in test order."""
     path = study / f"seed{seed}" / "eval" / "grpo_samples.jsonl"

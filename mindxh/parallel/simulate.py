@@ -78,7 +78,7 @@ def simulate(weights: dict, cfg, tokens, targets=None, tp: int = 1, plan=None,
     shards; `train`: an MoE layer drops what exceeds its experts' capacity."""
     plan = {**llama_plan.TENSOR_PLAN, **llama_plan.MOE_PLAN} if plan is None else plan
     try:
-        sim = _Sim(weights, cfg, tp, plan, vocab_parallel)
+        sim = Replay(weights, cfg, tp, plan, vocab_parallel)
         sim.train = train
         return sim.run(np.asarray(tokens), targets)
     except PlanMismatch:
@@ -87,7 +87,10 @@ def simulate(weights: dict, cfg, tokens, targets=None, tp: int = 1, plan=None,
         raise PlanMismatch(f"the plan's shards do not line up: {exc}") from None
 
 
-class _Sim:
+class Replay:
+    """One forward of the sharded model in NumPy: each layer's shards and the collectives
+    joining them (simulate_experts.py extends it with the expert-parallel dispatch)."""
+
     def __init__(self, weights, cfg, tp, plan, vocab_parallel):
         self.w = {k: np.asarray(v, np.float64) for k, v in weights.items()}
         self.cfg, self.tp, self.plan, self.vocab_parallel = cfg, tp, plan, vocab_parallel
@@ -299,4 +302,5 @@ def _rms(x, g, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
 
 
-__all__ = ["Act", "PlanMismatch", "Result", "Style", "route", "simulate", "styles"]
+__all__ = ["Act", "PlanMismatch", "Replay", "Result", "Style", "route", "simulate",
+           "styles"]

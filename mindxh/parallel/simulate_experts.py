@@ -38,7 +38,7 @@ import numpy as np
 from mindxh.config.scale import ParallelConfig
 from mindxh.models.llama import parallelize as llama_plan
 from mindxh.parallel.parallelize import plan_problems, strategy
-from mindxh.parallel.simulate import Act, PlanMismatch, Result, _Sim, route
+from mindxh.parallel.simulate import Act, PlanMismatch, Replay, Result, route
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _replay(step):
         raise PlanMismatch(f"the plan's shards do not line up: {exc}") from None
 
 
-class _ExpertSim(_Sim):
+class _ExpertSim(Replay):
     def __init__(self, weights, cfg, parallel, plan, train):
         problems = plan_problems(cfg, parallel)
         if problems:

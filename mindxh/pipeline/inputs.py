@@ -107,16 +107,18 @@ def fingerprint(inputs: dict[str, Any]) -> str:
 def stage_inputs(recipe: Recipe, order: list[str]) -> dict[str, dict[str, Any]]:
     """stage -> its inputs, for the stages in `order` (upstream ones not run count as None)."""
     found: dict[str, dict[str, Any]] = {}
-    for stage in order:
-        keys, upstream = DEPENDS[stage]
-        values = _recipe_values(recipe, keys)
+
+    def read(keys: tuple[str, ...], upstream: tuple[str, ...], values: dict[str, Any]) -> None:
+        values.update(_recipe_values(recipe, keys))
         for up in upstream:
             values[f"stage {up}"] = fingerprint(found[up]) if up in found else None
-            stand_in = STANDS_IN.get(stage, {}).get(up)
-            if up not in found and stand_in is not None:
-                values.update(_recipe_values(recipe, stand_in[0]))
-                for deeper in stand_in[1]:
-                    values[f"stage {deeper}"] = fingerprint(found[deeper]) if deeper in found else None
+
+    for stage in order:
+        values: dict[str, Any] = {}
+        read(*DEPENDS[stage], values)
+        for up, stand_in in STANDS_IN.get(stage, {}).items():
+            if up not in found:
+                read(*stand_in, values)
         found[stage] = values
     return found
 

@@ -75,6 +75,19 @@ def _write_cache(path: Path, entries: dict[str, dict]) -> None:
         logger.warning("could not write CPU peak cache %s: %s", path, exc)
 
 
+def _cached_flops(entries: dict[str, dict], key: str) -> float | None:
+    """The cached peak under ``key``, None if absent or not a positive number."""
+    entry = entries.get(key)
+    flops = entry.get("flops") if isinstance(entry, dict) else None
+    return float(flops) if isinstance(flops, (int, float)) and flops > 0 else None
+
+
+def _store(path: Path, entries: dict[str, dict], key: str, flops: float, size: int,
+           repeats: int) -> None:
+    entries[key] = {"flops": flops, "size": size, "repeats": repeats, "measured_at": time.time()}
+    _write_cache(path, entries)
+
+
 def measure_cpu_peak(cache_path: Path | None = None, size: int = 1024, repeats: int = 5) -> float:
     """Measured float32 GEMM FLOP/s of this CPU, cached per machine fingerprint.
 
@@ -84,15 +97,12 @@ def measure_cpu_peak(cache_path: Path | None = None, size: int = 1024, repeats: 
     path = Path(cache_path) if cache_path is not None else default_cpu_peak_cache()
     key = _fingerprint(size)
     entries = _read_cache(path)
-    entry = entries.get(key)
-    if isinstance(entry, dict):
-        flops = entry.get("flops")
-        if isinstance(flops, (int, float)) and flops > 0:
-            return float(flops)
+    cached = _cached_flops(entries, key)
+    if cached is not None:
+        return cached
     flops = _run_probe(size, repeats)
     logger.info("measured CPU float32 GEMM peak: %.3g FLOP/s (n=%d)", flops, size)
-    entries[key] = {"flops": flops, "size": size, "repeats": repeats, "measured_at": time.time()}
-    _write_cache(path, entries)
+    _store(path, entries, key, flops, size, repeats)
     return flops
 
 
@@ -108,15 +118,12 @@ def revise_cpu_peak(achieved: float, cache_path: Path | None = None, size: int =
     path = Path(cache_path) if cache_path is not None else default_cpu_peak_cache()
     key = _fingerprint(size)
     entries = _read_cache(path)
-    old = entries.get(key, {}).get("flops") if isinstance(entries.get(key), dict) else None
-    flops = _run_probe(size, repeats)
-    if isinstance(old, (int, float)) and old > flops:
-        flops = float(old)
+    old = _cached_flops(entries, key)
+    flops = max(_run_probe(size, repeats), old or 0.0)
     logger.warning("a run reached %.3g FLOP/s, above the cached CPU GEMM peak %s: re-probed, "
                    "peak now %.3g FLOP/s (%s)", achieved, f"{old:.3g}" if old else "(none)",
                    flops, path)
-    entries[key] = {"flops": flops, "size": size, "repeats": repeats, "measured_at": time.time()}
-    _write_cache(path, entries)
+    _store(path, entries, key, flops, size, repeats)
     return flops
 
 
