@@ -155,3 +155,20 @@ def test_cpu_peak_revised_when_a_run_beats_it(
     assert measure_cpu_peak(cache, size=64) == 4e10  # the cache keeps the revision
     monkeypatch.setattr(flops, "_run_probe", lambda size, repeats: 1e10)  # loaded again
     assert flops.revise_cpu_peak(5e10, cache, size=64) == 4e10  # never lowered
+
+
+def test_probe_takes_the_fastest_gemm_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy's BLAS can be several times slower than MindSpore's MatMul on the same CPU (an
+    AVX-512 machine: ~45 vs ~220 GFLOP/s); the peak is the fastest library's rate."""
+    rates = flops.probe_gemm(64, 1, ("numpy", "mindspore"))
+    assert set(rates) == {"numpy", "mindspore"} and min(rates.values()) > 0
+    with pytest.raises(ValueError, match="unknown GEMM probe backend"):
+        flops.probe_gemm(8, 1, ("cublas",))
+    monkeypatch.setattr(flops, "probe_gemm", lambda size, repeats: {"numpy": 4e10, "mindspore": 2.2e11})
+    assert flops._run_probe(64, 1) == 2.2e11
+
+
+def test_cache_key_names_the_probe_backends() -> None:
+    """A peak cached by the numpy-only probe of earlier versions is not reused."""
+    assert "probe=numpy+mindspore" in flops._fingerprint(64)
+    assert flops._fingerprint(64) != flops._fingerprint(64, ("numpy",))

@@ -335,8 +335,8 @@ def test_a_probe_cached_under_load_is_revised_not_reported_as_mfu_above_one(tmp_
     assert "re-probed" in res.stderr
     revised = json.loads((cache / "cpu_peak.json").read_text())["entries"][key]["flops"]
     assert revised > 1e8
-    # against the planted 1e6 FLOP/s the MFU would read ~1e4; against a real probe it is of
-    # order 1 (the tiny model can beat numpy's GEMM probe: then a warning says so)
+    # against the planted 1e6 FLOP/s the MFU would read ~1e4; against a real probe (the faster
+    # of numpy's and MindSpore's GEMM) it is a fraction, with slack for a probe read under load
     assert all(0 < r["mfu"] < 5 for r in metrics(tmp_path / "run"))
     assert res.stderr.count("re-probed") == 1  # once per run, not at every log line
 

@@ -66,13 +66,18 @@ def job_weights(p: dict) -> dict:
 
 
 def job_peak(p: dict) -> dict:
-    """The float32 GEMM probe of mindxh.utils.flops (numpy matmul), measured now: the cache
-    file is this run's own, so no earlier (quieter or busier) measurement is reused."""
-    from mindxh.utils.flops import measure_cpu_peak
+    """The float32 GEMM probe, measured now in every GEMM library this venv has (numpy,
+    MindSpore, torch); the fastest is the peak. No cache: an earlier (quieter or busier)
+    measurement is never reused."""
+    from mindxh.utils.flops import probe_gemm
 
-    flops = measure_cpu_peak(Path(p["cache"]), size=p["size"], repeats=p["repeats"])
-    return {"flops": flops, "size": p["size"], "method": f"numpy {np.__version__} float32 matmul "
-            f"{p['size']}^3, best of {p['repeats']}"}
+    rates = probe_gemm(p["size"], p["repeats"], ("numpy", "mindspore", "torch"))
+    best = max(rates, key=rates.get)
+    each = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items())
+    return {"flops": rates[best], "size": p["size"], "rates": rates,
+            "method": f"fastest float32 matmul {p['size']}^3 of numpy {np.__version__} / "
+                      f"MindSpore / torch, best of {p['repeats']} each ({each} GFLOP/s; {best} "
+                      "fastest)"}
 
 
 JOBS = {"weights": "child:job_weights", "peak": "child:job_peak",

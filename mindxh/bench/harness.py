@@ -52,10 +52,12 @@ def failure_reason(returncode: int, stderr: str) -> str:
 
 
 def run_child(job: str, params: dict, python: str | Path | None = None, timeout: float | None = None,
-              log_file: Path | None = None) -> dict:
+              log_file: Path | None = None, env: dict[str, str] | None = None) -> dict:
     """Run `mindxh.bench.child JOB` in a fresh process; its result dict, or {"error": why}.
+    `env` adds to this process's environment (set before the child imports anything).
     Its whole stdout and stderr go to `log_file` (kept for failures' details)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLOG_v": os.environ.get("GLOG_v", "3")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLOG_v": os.environ.get("GLOG_v", "3"),
+           **(env or {})}
     cmd = [str(python or sys.executable), "-m", "mindxh.bench.child", job, json.dumps(params)]
     t0 = time.perf_counter()
     try:
@@ -116,6 +118,5 @@ def ratio(value: float | None, base: float | None) -> float | None:
 
 
 def measure_peak(work: Path, size: int = 2048, repeats: int = 5) -> dict:
-    """The float32 GEMM probe in a fresh process (numpy, as mindxh.utils.flops measures)."""
-    return run_child("peak", {"cache": str(work / f"peak-{time.time_ns()}.json"), "size": size,
-                              "repeats": repeats}, log_file=work / "logs" / "peak.log")
+    """The float32 GEMM probe in a fresh process: every GEMM library of this venv, fastest kept."""
+    return run_child("peak", {"size": size, "repeats": repeats}, log_file=work / "logs" / "peak.log")

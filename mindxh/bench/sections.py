@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mindxh.bench import spec
 from mindxh.bench.harness import MF_PYTHON, alternate, log, ratio, run_child, spread
+from mindxh.train.runtime import FUSED_CPU_ENV
 
 GEN_METHODS = ("mindxh-cached", "mindxh-recompute", "hf-generate")
 AGREE_PREFIX = 8  # "first tokens agree": the first 8 greedy tokens of every row
@@ -23,18 +24,20 @@ def _weights(work: Path, name: str, params: dict) -> str:
     return str(path)
 
 
-def _train_job(peer: str, params: dict) -> tuple[str, dict, str | None] | str:
-    """(job, params, python) for a peer, or the reason it cannot run here."""
+def _train_job(peer: str, params: dict) -> tuple[str, dict, str | None, dict] | str:
+    """(job, params, python, extra environment) for a peer, or the reason it cannot run here."""
     if peer in ("mindxh-graph", "mindxh-pynative", "mindxh-graph-fused"):
-        # -fused: graph mode with compile.enable_graph_kernel (CPU graph-kernel fusion, opt-in)
-        return "train-mindxh", {**params, "mode": peer.split("-")[1],
-                                "graph_kernel": peer.endswith("-fused")}, None
+        # -fused: graph mode with compile.enable_graph_kernel (CPU graph-kernel fusion, opt-in),
+        # in the environment the `mindxh` commands give a fusing recipe (runtime.prepare_process)
+        fused = peer.endswith("-fused")
+        return ("train-mindxh", {**params, "mode": peer.split("-")[1], "graph_kernel": fused},
+                None, dict(FUSED_CPU_ENV) if fused else {})
     if peer in ("torch-eager", "torch-compile"):
-        return "train-torch", {**params, "compile": peer == "torch-compile"}, None
+        return "train-torch", {**params, "compile": peer == "torch-compile"}, None, {}
     if peer == "mindformers":
         if not MF_PYTHON.exists():
             return f"not installed (no {MF_PYTHON})"
-        return "train-mindformers", params, str(MF_PYTHON)
+        return "train-mindformers", params, str(MF_PYTHON), {}
     raise ValueError(f"unknown peer {peer!r}; expected one of {', '.join(spec.TRAIN_PEERS)}")
 
 
@@ -50,11 +53,11 @@ def train(config: str, peers: list[str], opts, work: Path) -> dict:
         if isinstance(job, str):
             return {"error": job}
         log(f"train {config}: {peer}, round {rnd + 1}/{opts.repeats}")
-        name, params, python = job
+        name, params, python, env = job
         if peer == "mindxh-pynative":  # op by op: 5-10x slower, so fewer steps
             params = {**params, "steps": min(opts.steps, opts.pynative_steps)}
         return run_child(name, params, python, opts.timeout,
-                         work / "logs" / f"train-{config}-{peer}-r{rnd + 1}.log")
+                         work / "logs" / f"train-{config}-{peer}-r{rnd + 1}.log", env)
 
     runs, errors = alternate(peers, opts.repeats, measure)
     fpt = spec.flops_per_token(s)

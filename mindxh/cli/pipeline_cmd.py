@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     # imported here, not at module load: the stages pull in the training, GRPO and export code,
     # which `mindxh --help` and the other commands need not load
+    from mindxh.train import runtime
+    runtime.prepare_process(recipe)  # before the stages import MindSpore
     from mindxh.pipeline.runner import run_pipeline
 
     report = run_pipeline(recipe, args.restart_from)

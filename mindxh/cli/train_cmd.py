@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides)  # every recipe error before any compute
 
     from mindxh.train import runtime
+    runtime.prepare_process(recipe)  # before the trainer imports MindSpore
     from mindxh.train.trainer import Trainer
 
     result = Trainer(recipe, recipe.output_dir, resume=args.resume,

@@ -1,7 +1,9 @@
 """Process-wide MindSpore set-up from a recipe: device, execution mode, seed."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 from mindxh.config.schema import Recipe
 from mindxh.errors import MindxhError
@@ -70,6 +72,29 @@ def configure(recipe: Recipe) -> None:
                                      gradients_mean=True, device_num=dp)
 
 
+# OpenMP settings for graph-kernel fusion on CPU. AKG's fused kernels run on OpenMP threads
+# beside MindSpore's own thread pool; with as many OpenMP threads as cores the two contend and
+# the fused step is slower than the unfused one (medium, 2 cores: 722 vs 580 ms), with one
+# OpenMP thread it is faster (473 ms; docs/performance.md). libgomp reads OMP_NUM_THREADS once,
+# when it loads (at `import mindspore`), so it must be in the environment before that.
+FUSED_CPU_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def fuses_on_cpu(recipe: Recipe) -> bool:
+    c = recipe.compile
+    return c.device == "CPU" and c.mode == "graph" and bool(c.enable_graph_kernel)
+
+
+def prepare_process(recipe: Recipe) -> None:
+    """Call before MindSpore is imported: set what must be in the environment by then
+    (FUSED_CPU_ENV when the recipe fuses kernels on CPU), unless the user set it already."""
+    if not fuses_on_cpu(recipe):
+        return
+    for key, value in FUSED_CPU_ENV.items():
+        if key not in os.environ and "mindspore" not in sys.modules:
+            os.environ[key] = value
+
+
 # AKG cannot build a Select whose condition is one flag for a whole tensor (AdamW's
 # non-finite guard): such Selects stay plain kernels
 CPU_GRAPH_KERNEL_FLAGS = "--disable_cluster_ops=Select"
@@ -91,6 +116,14 @@ def _cpu_graph_kernel(ms, flags: str | None) -> None:
     if importlib.util.find_spec("decorator") is None:  # AKG's TVM imports it; the error is opaque
         raise LaunchError("compile.enable_graph_kernel on CPU needs the `decorator` package "
                           "(MindSpore's AKG compiler imports it): pip install decorator")
+    unset = {k: v for k, v in FUSED_CPU_ENV.items() if os.environ.get(k) != v}
+    if unset:
+        logging.getLogger(__name__).warning(
+            "graph-kernel fusion on CPU runs fastest with %s set before MindSpore is imported "
+            "(the `mindxh` commands do this); here %s: expect a slower step (fused kernels' "
+            "OpenMP threads contend with MindSpore's)",
+            " ".join(f"{k}={v}" for k, v in unset.items()),
+            ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in unset))
     cache = graph_kernel_cache()
     os.makedirs(cache, exist_ok=True)
     ms.set_context(enable_graph_kernel=True, compile_cache_path=cache,

@@ -244,7 +244,7 @@ def _checked_peak(peak: float, achieved: float, probed: bool) -> tuple[float, bo
         return peak, probed
     revised = revise_cpu_peak(achieved)
     if achieved > revised:
-        log.warning("MFU above 100%% (%.3g FLOP/s vs a %.3g FLOP/s GEMM probe): numpy's GEMM "
+        log.warning("MFU above 100%% (%.3g FLOP/s vs a %.3g FLOP/s GEMM probe): the GEMM "
                     "probe is not this machine's practical peak", achieved, revised)
     return revised, False
 
