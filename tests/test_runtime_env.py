@@ -7,7 +7,9 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+from conftest import TINY, run_cli
 
 from mindxh.config import CompileConfig, Recipe
 from mindxh.train import runtime
@@ -53,3 +55,26 @@ def test_the_setting_reaches_openmp_when_made_before_the_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.slow
+def test_a_fused_cpu_run_is_bitwise_reproducible_and_quiet(tmp_path, tiny_tokenizer):
+    """`compile.enable_graph_kernel: true` on CPU, end to end through `mindxh train`: AKG
+    compiles the fused kernels, the command gives them one OpenMP thread (no warning), AKG's
+    per-kernel tiling notice is not printed, and the same seed gives the same weights twice."""
+    from safetensors.numpy import load_file
+
+    def train(name):
+        res = run_cli("train", str(TINY), "--output-dir", str(tmp_path / name), "--no-progress",
+                      "--max-steps", "6", "--set", "train.checkpoint_every=6",
+                      "--set", "train.log_every=3", "--set", f"tokenizer.path={tiny_tokenizer}",
+                      "--set", "data.heldout_batches=1", "--set", "compile.enable_graph_kernel=true",
+                      env={"OMP_NUM_THREADS": ""})
+        assert res.returncode == 0, res.stderr[-3000:]
+        out = res.stdout + res.stderr
+        assert "runs fastest with OMP_NUM_THREADS=1" not in out
+        assert "Please set tiling repo path" not in out
+        return load_file(str(tmp_path / name / "checkpoints/step-00000006/model.safetensors"))
+
+    a, b = train("a"), train("b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -91,7 +91,7 @@ def prepare_process(recipe: Recipe) -> None:
     if not fuses_on_cpu(recipe):
         return
     for key, value in FUSED_CPU_ENV.items():
-        if key not in os.environ and "mindspore" not in sys.modules:
+        if not os.environ.get(key) and "mindspore" not in sys.modules:  # unset or empty
             os.environ[key] = value
 
 
@@ -124,6 +124,10 @@ def _cpu_graph_kernel(ms, flags: str | None) -> None:
             "OpenMP threads contend with MindSpore's)",
             " ".join(f"{k}={v}" for k, v in unset.items()),
             ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in unset))
+    # AKG reads its CPU tiling repository (an empty JSON shipped inside MindSpore) only from
+    # under AKG_WHITE_LIST_PATH, else the working directory; elsewhere it prints "Please set
+    # tiling repo path ..." once per fused kernel (254 lines in one tiny X1 pipeline)
+    os.environ.setdefault("AKG_WHITE_LIST_PATH", os.path.join(os.path.dirname(ms.__file__), "_akg"))
     cache = graph_kernel_cache()
     os.makedirs(cache, exist_ok=True)
     ms.set_context(enable_graph_kernel=True, compile_cache_path=cache,
