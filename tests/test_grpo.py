@@ -125,6 +125,7 @@ class _IdsTokenizer:
     """Ids as text; stop ids outside the vocabulary, so every row samples all its tokens."""
 
     eos_id = 1000
+    answer_end_id = 1001
 
     def piece_to_id(self, piece: str) -> int:
         return 1001

@@ -25,6 +25,7 @@ class _NoStops:
     """A tokenizer stand-in for Generator: no id stops a row."""
 
     eos_id = -1
+    answer_end_id = None
 
     def piece_to_id(self, piece: str) -> int:
         return -2

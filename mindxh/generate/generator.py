@@ -129,7 +129,7 @@ class BatchGenerator:
         # `</answer>` ends a reasoning answer; a tokenizer without that piece (answer_end_id
         # None) stops at eos only, never at the id its piece_to_id gives unknown pieces
         self.stop_ids = {tokenizer.eos_id: "eos"}
-        if getattr(tokenizer, "answer_end_id", None) is not None:  # test doubles may lack it
+        if tokenizer.answer_end_id is not None:
             self.stop_ids[tokenizer.answer_end_id] = "stop"
         self.last_stats = GenerationStats(batch_size=batch_size)
 

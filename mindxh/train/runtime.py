@@ -62,7 +62,7 @@ def configure(recipe: Recipe) -> None:
         return
     mode = ms.GRAPH_MODE if recipe.compile.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode, jit_config={"jit_level": recipe.compile.jit_level})
-    if recipe.compile.enable_graph_kernel and mode == ms.GRAPH_MODE:
+    if fuses_on_cpu(recipe):
         _cpu_graph_kernel(ms, recipe.compile.graph_kernel_flags)
     ms.set_seed(recipe.seed)
     if dp > 1:
