@@ -120,11 +120,13 @@ def _result(tmp_path, monkeypatch) -> dict:
                "agreement_with_cached": {"first_tokens_agree": True, "token_agreement": 1.0, "compared": 32}}
     failed = {**gen_row, "method": "hf-generate", "error": "exit 1: ImportError: torch",
               "tokens_per_s": None}
+    cached = {**gen_row, "method": "mindxh-cached", "timed_steps": 64, "window": 16,
+              "agreement_with_cached": None}
     return {"started": "now", "command": "mindxh bench", "machine": report.machine_info(),
             "load_start": [1, 1, 1], "load_end": [1, 1, 1], "wall_s": 60.0,
             "options": vars(_opts()), "train": [train],
             "generate": [{"config": "tiny", "shape": "s", "prompt_tokens": 32, "frameworks": {},
-                          "rows": [gen_row, failed]}],
+                          "rows": [cached, gen_row, failed]}],
             "grpo": {"error": "exit 1: boom"},
             "peak": {"flops": 1e9, "method": "numpy", "probes_gflops": [1.0, 0.9]}}
 
@@ -135,6 +137,7 @@ def test_markdown_renders_every_row_kind(tmp_path, monkeypatch):
     assert "| mindxh-graph | 5,120 | 200.0 |" in md and "| torch-eager | 10,240 |" in md
     assert "0.50x" in md and "ModuleNotFoundError" in md
     assert "mindxh-recompute (32 steps timed)" in md and "ImportError: torch" in md
+    assert "| mindxh-cached (window 16) |" in md
     assert "GRPO step" in md and "boom" in md and "MFU above 100%" not in md
     sections.set_mfu(result["train"][0], 1e9)  # a probe under-read under load
     assert "MFU above 100%" in report.to_markdown(result)

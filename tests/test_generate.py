@@ -64,29 +64,30 @@ PROMPTS = [[2, 11, 30], [2, 5, 9, 14, 20, 41, 50, 8, 17, 60, 33], [2, 44], [2, 1
 GREEDY = SamplingConfig(max_new_tokens=12, temperature=0.0)
 
 
+@pytest.mark.parametrize("window", [0, 4, 5])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_cached_logits_equal_recomputing_the_whole_sequence(name, graph_mode):
+def test_cached_logits_equal_recomputing_the_whole_sequence(name, window, graph_mode):
     """Teacher-forced: prefill a batch of prompts of different lengths, decode token by token,
     and compare every step's logits with the plain Decoder over the whole sequence (causal, so
-    one pass over the final sequences gives what recomputing at each step would)."""
+    one pass over the final sequences gives what recomputing at each step would). With a
+    window, the 23 decode steps flush it into the cache 5 (4) times, ending mid-window."""
     from mindxh.models.llama.cache import CachedDecoder
 
     ms = graph_mode
     model = _model(name)
-    cell = CachedDecoder(model, BATCH, MAX_LEN - 1)
+    cell = CachedDecoder(model, BATCH, MAX_LEN - 1, window)
     rng = np.random.default_rng(0)
     seqs = rng.integers(0, VOCAB, (BATCH, MAX_LEN - 1)).astype(np.int32)
     lengths = np.array([3, 9, 1, 6], np.int32)
     full = model(ms.Tensor(seqs)).asnumpy()  # [B, T, V]
     block = np.where(np.arange(9) < lengths[:, None], seqs[:, :9], 0).astype(np.int32)
     positions = np.tile(np.arange(9, dtype=np.int32), (BATCH, 1))
-    got = cell(ms.Tensor(block), ms.Tensor(positions), ms.Tensor(lengths - 1)).asnumpy()
+    got = cell.prefill(ms.Tensor(block), ms.Tensor(positions), ms.Tensor(lengths - 1)).asnumpy()
     np.testing.assert_allclose(got, full[np.arange(BATCH), lengths - 1], atol=1e-5, rtol=0)
-    zeros = ms.Tensor(np.zeros(BATCH, np.int32))
     for step in range(MAX_LEN - 1 - lengths.max()):
         pos = lengths + step
-        got = cell(ms.Tensor(seqs[np.arange(BATCH), pos][:, None]), ms.Tensor(pos[:, None]),
-                   zeros).asnumpy()
+        got = cell.decode(ms.Tensor(seqs[np.arange(BATCH), pos][:, None]),
+                          ms.Tensor(pos[:, None])).asnumpy()
         np.testing.assert_allclose(got, full[np.arange(BATCH), pos], atol=1e-5, rtol=0,
                                    err_msg=f"decode step {step}")
 
@@ -99,11 +100,13 @@ def test_cached_cell_runs_the_decoders_own_weights_under_their_own_names(graph_m
     ms = graph_mode
     model = _model("qwen-untied")
     names = [p.name for p in model.get_parameters()]
-    cell = CachedDecoder(model, BATCH, MAX_LEN - 1)
+    cell = CachedDecoder(model, BATCH, MAX_LEN - 1, window=4)
     assert [p.name for p in model.get_parameters()] == names
     params = list(cell.get_parameters())
     assert [p.name for p in params[:len(names)]] == names  # the model's own, not prefixed
-    assert len(params) == len(names) + 2 * model.cfg.num_layers  # plus K and V caches per layer
+    extra = [p.name.split(".")[-1] for p in params[len(names):]]  # caches, windows: each once
+    assert sorted(extra) == sorted(["k", "v", "window_k", "window_v"] * model.cfg.num_layers)
+    assert len({p.name for p in params}) == len(params)
     assert [p.name for p in cell.trainable_params()] == names
     tokens = ms.Tensor(np.array([[2, 9, 4]] * BATCH, np.int32))
     positions = ms.Tensor(np.tile(np.arange(3, dtype=np.int32), (BATCH, 1)))
@@ -113,6 +116,30 @@ def test_cached_cell_runs_the_decoders_own_weights_under_their_own_names(graph_m
     after = cell(tokens, positions, last).asnumpy()
     np.testing.assert_allclose(after, 2.0 * before, rtol=1e-5, atol=1e-5)  # untied head: linear in g
     np.testing.assert_allclose(after, model(tokens).asnumpy()[:, 2], atol=1e-5, rtol=0)
+
+
+def test_decode_window_is_chosen_by_cache_size_and_checked():
+    from mindxh.models.llama.cache import DECODE_WINDOW, CachedDecoder, decode_window
+
+    assert decode_window(1, 4, 288, 32) == 0  # 147 KB per layer: the window's kernels cost more
+    assert decode_window(32, 8, 288, 64) == DECODE_WINDOW  # 19 MB: the cache write dominates
+    assert decode_window(64, 8, 8, 512) == 8  # never wider than the cache
+    with pytest.raises(ValueError, match="window=40 must be in"):
+        CachedDecoder(_model("llama-gqa"), BATCH, MAX_LEN - 1, window=40)
+
+
+def test_windowed_generation_gives_the_tokens_of_direct_cache_writes(graph_mode):
+    """Same weights, window 0 and 5: 12 tokens flush the window twice and end mid-window,
+    the second chunk starts a fresh window; greedy tokens equal, log-probs to float error."""
+    from mindxh.generate import Generator
+
+    model, tok = _model("llama-gqa"), FakeTokenizer(eos_id=1000, answer_end_id=1001)
+    direct = Generator(model, tok, BATCH, MAX_LEN, prompt_bucket=8, window=0)
+    windowed = Generator(model, tok, BATCH, MAX_LEN, prompt_bucket=8, window=5)
+    assert direct.cell.window == 0 and windowed.cell.window == 5
+    want, got = direct.generate(PROMPTS, GREEDY), windowed.generate(PROMPTS, GREEDY)
+    assert [c.ids for c in got] == [c.ids for c in want]
+    np.testing.assert_allclose([c.logprobs for c in got], [c.logprobs for c in want], atol=1e-5)
 
 
 def test_batched_prompts_match_one_by_one_and_greedy_is_deterministic(gen):

@@ -107,7 +107,8 @@ def gen_mindxh(p: dict) -> dict:
             wall, ids = _run_recompute(cell, prompt, new, steps)
         results.append({"batch": batch, "new_tokens": new, "timed_steps": steps, "wall_s": wall,
                         "first_s": first, "tokens_per_s": batch * steps / wall,
-                        "tokens": ids.tolist()})
+                        "tokens": ids.tolist(),
+                        "window": gen.cell.window if p["method"] == "cached" else None})
     return {"cases": results, "framework": f"mindspore {ms.__version__} (graph)"}
 
 

@@ -135,6 +135,7 @@ def generate(config: str, peers: list[str], opts, work: Path) -> dict:
             rows.append({
                 "batch": batch, "new_tokens": new, "method": m, "error": errors.get(m),
                 "tokens_per_s": speed[m], "wall_s": walls[m], "timed_steps": steps[m],
+                "window": per[m][0].get("window") if per[m] else None,
                 "first_call_s": spread(c["first_s"] for c in per[m])["median"],
                 "cached_vs_this": ratio(speed.get("mindxh-cached"), speed[m]),
                 "agreement_with_cached": None if m == "mindxh-cached" else _agreement(

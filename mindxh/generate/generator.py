@@ -100,18 +100,16 @@ class CellBackend:
 
     def __init__(self, cell):
         self.cell, self.batch_size = cell, cell.batch_size
-        self._zeros = np.zeros(cell.batch_size, np.int32)
-
-    def _call(self, tokens, positions, last) -> np.ndarray:
-        import mindspore as ms
-
-        return self.cell(ms.Tensor(tokens), ms.Tensor(positions), ms.Tensor(last)).asnumpy()
 
     def prefill(self, tokens, positions, last):
-        return self._call(tokens, positions, last)
+        import mindspore as ms
+
+        return self.cell.prefill(ms.Tensor(tokens), ms.Tensor(positions), ms.Tensor(last)).asnumpy()
 
     def decode(self, tokens, positions):
-        return self._call(tokens, positions, self._zeros)
+        import mindspore as ms
+
+        return self.cell.decode(ms.Tensor(tokens), ms.Tensor(positions)).asnumpy()
 
 
 class BatchGenerator:
@@ -230,16 +228,22 @@ class Generator(BatchGenerator):
     `CachedDecoder` of `batch_size` rows.
 
     `max_len` bounds prompt + completion tokens; it may exceed the model's `max_seq_len` by one.
+    `window`: decoded tokens held in a cache.RecentWindow before they join the cache (0: none);
+    None lets `decode_window` choose from the cache's size (16 for large caches, else 0).
     """
 
-    def __init__(self, model, tokenizer, batch_size: int, max_len: int, prompt_bucket: int = 32):
+    def __init__(self, model, tokenizer, batch_size: int, max_len: int, prompt_bucket: int = 32,
+                 window: int | None = None):
         _check_sizes(batch_size, max_len, prompt_bucket)  # before building a cache of that size
         if max_len - 1 > model.cfg.max_seq_len:
             raise GenerationError(f"max_len={max_len} needs positions up to {max_len - 2}, beyond the "
                                   f"model's max_seq_len={model.cfg.max_seq_len}; use max_len <= "
                                   f"{model.cfg.max_seq_len + 1}")
-        from mindxh.models.llama.cache import CachedDecoder  # imports mindspore
+        from mindxh.models.llama.cache import CachedDecoder, decode_window  # imports mindspore
 
-        self.cell = CachedDecoder(model, batch_size, max_len - 1)
+        cfg = model.cfg
+        if window is None:
+            window = decode_window(batch_size, cfg.num_kv_heads, max_len - 1, cfg.head_dim)
+        self.cell = CachedDecoder(model, batch_size, max_len - 1, min(window, max_len - 1))
         super().__init__(CellBackend(self.cell), tokenizer, batch_size, max_len, prompt_bucket,
                          model.cfg.vocab_size)

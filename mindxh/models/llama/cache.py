@@ -6,6 +6,9 @@ Graph mode compiles one graph per input shape, so everything here has a static s
   `[layers, batch, kv_heads, cache_len, head_dim]` layout), held as Parameters and written in
   place with ScatterNdUpdate: the 8 cache writes of a 4-layer, batch-128 step took 2.4 ms
   this way and 4.6 ms as tensors passed in and returned (TensorScatterUpdate copies);
+* a decode step may write into a small RecentWindow instead (the Generator's choice for large
+  caches): the cache then takes one write per `window` tokens, since MindSpore's CPU
+  ScatterNdUpdate costs time in proportion to the whole tensor it writes into;
 * every token carries its own position, so each row writes its keys at its own columns
   (prompts of different lengths need no left padding and keep their true RoPE positions);
 * a key column `j` is visible to a token at position `p` when `j <= p`: a mask, not a slice.
@@ -55,39 +58,146 @@ class LayerCache(nn.Cell):
         return ops.scatter_nd_update(self.k, index, k), ops.scatter_nd_update(self.v, index, v)
 
 
+class RecentWindow(nn.Cell):
+    """The last `window` decoded keys/values of one layer, `[B, KV, W, D]`, in front of its
+    LayerCache (whose Parameters it shares).
+
+    MindSpore's CPU ScatterNdUpdate takes time in proportion to the tensor it writes into, not
+    to what it writes, so a one-column write into the whole cache cost as much as copying it
+    (44% of the tiny model's batch-32 decode). Decoding writes into this small window instead,
+    attends over (cache, window) as two key blocks under one softmax, and `flush` moves the
+    window into the cache once every `window` steps: one cache-sized write per W tokens.
+    """
+
+    def __init__(self, cache: LayerCache, index: int, window: int):
+        super().__init__()
+        b, kv, _, d = cache.k.shape
+        zeros = np.zeros((b, kv, window, d), np.float32)
+        self.k, self.v = cache.k, cache.v
+        self.window_k = Parameter(Tensor(zeros), name=f"kv_cache.{index}.window_k", requires_grad=False)
+        self.window_v = Parameter(Tensor(zeros.copy()), name=f"kv_cache.{index}.window_v",
+                                  requires_grad=False)
+
+    def construct(self, index, k, v):
+        """Write k, v [B, KV, 1, D] at `index` [B, KV, 1, 3] = (row, head, slot); return the key
+        and value blocks (cache, updated window)."""
+        window_k = ops.scatter_nd_update(self.window_k, index, k)
+        window_v = ops.scatter_nd_update(self.window_v, index, v)
+        return (self.k, window_k), (self.v, window_v)
+
+    def flush(self, index):
+        """The whole window into the cache at `index` [B, KV, W, 3] = (row, head, column)."""
+        return (ops.scatter_nd_update(self.k, index, self.window_k),
+                ops.scatter_nd_update(self.v, index, self.window_v))
+
+
+# Below this size of one layer's key (or value) cache a window costs more than it saves: its
+# extra kernels (a second pair of attention matmuls, the joined softmax) outweigh the smaller
+# write. Measured on 2 CPU cores (docs/performance.md): batch 1 (0.15-0.6 MB) is 7-12% slower
+# with a window, batch 32 (4.7-19 MB) 1.1-1.4x faster.
+WINDOW_MIN_BYTES = 2 << 20
+DECODE_WINDOW = 16  # tokens: one cache write per 16 decoded tokens
+
+
+def decode_window(batch_size: int, kv_heads: int, cache_len: int, head_dim: int) -> int:
+    """The RecentWindow size worth using for a cache of this shape (0: write the cache itself)."""
+    if 4 * batch_size * kv_heads * cache_len * head_dim < WINDOW_MIN_BYTES:
+        return 0
+    return min(DECODE_WINDOW, cache_len)
+
+
+class _Flush(nn.Cell):
+    """`(positions [B, 1], slot [1])`, after decoding the window's last slot: every layer's
+    window into its cache, slot j of row b at column positions[b] - slot + j."""
+
+    def __init__(self, windows: nn.CellList, row_ids: Tensor, head_ids: Tensor, window: int):
+        super().__init__(auto_prefix=False)
+        self.windows, self.row_ids, self.head_ids = windows, row_ids, head_ids
+        self.slots = Tensor(np.arange(window, dtype=np.int32))
+
+    def construct(self, positions, slot):
+        columns = positions - slot + self.slots.reshape(1, -1)  # [B, W]
+        index = _scatter_index(self.row_ids, self.head_ids, columns)
+        written = ()
+        for window in self.windows:
+            written = written + window.flush(index)
+        return written[-1][0, 0, 0, 0]  # one number: the call waits for the writes
+
+
+def _scatter_index(row_ids, head_ids, columns):
+    """[B, KV, S, 3] scatter indices (row, kv head, column) for columns [B, S]."""
+    b, s = columns.shape
+    shape = (b, head_ids.shape[0], s)
+    rows = ops.broadcast_to(row_ids.reshape(b, 1, 1), shape)
+    heads = ops.broadcast_to(head_ids.reshape(1, -1, 1), shape)
+    cols = ops.broadcast_to(columns.reshape(b, 1, s), shape)
+    return ops.stack((rows, heads, cols), -1)
+
+
 class CachedDecoder(nn.Cell):
     """`(tokens [B, S], positions [B, S], out_index [B]) -> logits [B, V]` of the token at
-    `out_index` in each row, after writing every token's keys/values at its position."""
+    `out_index` in each row, after writing every token's keys/values at its position.
 
-    def __init__(self, model: Decoder, batch_size: int, cache_len: int):
+    With `window` > 0, decode through `decode` (one token per row): its keys/values go to a
+    RecentWindow slot, and every `window` steps the window is flushed into the cache. `prefill`
+    and `decode` are the whole protocol; calling the cell itself always writes the cache.
+    """
+
+    def __init__(self, model: Decoder, batch_size: int, cache_len: int, window: int = 0):
         super().__init__(auto_prefix=False)
         cfg = model.cfg
         if cache_len > cfg.max_seq_len:
             raise ValueError(f"cache_len={cache_len} exceeds the model's max_seq_len={cfg.max_seq_len} "
                              "(its RoPE table)")
+        if not 0 <= window <= cache_len:
+            raise ValueError(f"window={window} must be in [0, cache_len={cache_len}]")
         self.model = model
-        self.batch_size, self.cache_len = batch_size, cache_len
+        self.batch_size, self.cache_len, self.window = batch_size, cache_len, window
         self.num_kv_heads = cfg.num_kv_heads
         self.caches = nn.CellList([LayerCache(i, batch_size, cfg.num_kv_heads, cache_len, cfg.head_dim)
                                    for i in range(cfg.num_layers)])
         self.columns = Tensor(np.arange(cache_len, dtype=np.int32))
         self.row_ids = Tensor(np.arange(batch_size, dtype=np.int32))
         self.head_ids = Tensor(np.arange(cfg.num_kv_heads, dtype=np.int32))
+        self._zeros = Tensor(np.zeros(batch_size, np.int32))
+        self._slot = 0
+        if window:
+            self.windows = nn.CellList([RecentWindow(c, i, window) for i, c in enumerate(self.caches)])
+            self.window_slots = Tensor(np.arange(window, dtype=np.int32))
+            self._slot_ids = [Tensor(np.array([j], np.int32)) for j in range(window)]
+            self._flush = _Flush(self.windows, self.row_ids, self.head_ids, window)
 
-    def _write_index(self, positions):
-        """[B, KV, S, 3] scatter indices (row, kv head, position) for every token."""
-        b, s = positions.shape
-        shape = (b, self.num_kv_heads, s)
-        rows = ops.broadcast_to(self.row_ids.reshape(b, 1, 1), shape)
-        heads = ops.broadcast_to(self.head_ids.reshape(1, -1, 1), shape)
-        cols = ops.broadcast_to(positions.reshape(b, 1, s), shape)
-        return ops.stack((rows, heads, cols), -1)
+    def prefill(self, tokens, positions, out_index):
+        """The prompt block (Tensors, as the cell's own call); decoding restarts at slot 0."""
+        self._slot = 0
+        return self(tokens, positions, out_index)
 
-    def construct(self, tokens, positions, out_index):
+    def decode(self, tokens, positions):
+        """One token per row: tokens/positions [B, 1] Tensors -> logits [B, V]."""
+        if not self.window:
+            return self(tokens, positions, self._zeros)
+        slot = self._slot_ids[self._slot]
+        logits = self(tokens, positions, self._zeros, slot)
+        self._slot += 1
+        if self._slot == self.window:
+            self._flush(positions, slot)
+            self._slot = 0
+        return logits
+
+    def construct(self, tokens, positions, out_index, slot=None):
         b, s = tokens.shape
-        visible = self.columns.reshape(1, 1, -1) <= positions.expand_dims(2)  # [B, S, T]
-        mask = ((1.0 - visible.astype(mstype.float32)) * _MASKED).reshape(b, 1, 1, s, self.cache_len)
-        x = self.model.forward_cached(tokens, positions, mask, self.caches, self._write_index(positions))
+        if slot is None:  # every token into the cache at its position
+            visible = self.columns.reshape(1, 1, -1) <= positions.expand_dims(2)  # [B, S, T]
+            mask = ((1.0 - visible.astype(mstype.float32)) * _MASKED).reshape(b, 1, 1, s, self.cache_len)
+            caches, index = self.caches, _scatter_index(self.row_ids, self.head_ids, positions)
+        else:  # one token per row into window slot `slot`; the cache holds columns < position - slot
+            flushed = self.columns.reshape(1, -1) < positions - slot  # [B, T]
+            in_window = self.window_slots <= slot  # [W]
+            mask = (((1.0 - flushed.astype(mstype.float32)) * _MASKED).reshape(b, 1, 1, 1, self.cache_len),
+                    ((1.0 - in_window.astype(mstype.float32)) * _MASKED).reshape(1, 1, 1, 1, self.window))
+            caches = self.windows
+            index = _scatter_index(self.row_ids, self.head_ids, ops.broadcast_to(slot.reshape(1, 1), (b, 1)))
+        x = self.model.forward_cached(tokens, positions, mask, caches, index)
         h = x.shape[-1]
         picked = ops.gather(x.reshape(b * s, h), self.row_ids * s + out_index, 0)  # [B, H]
         return self.model.logits(picked)

@@ -123,20 +123,46 @@ class Attention(nn.Cell):
 
     def attend(self, q, k, v, mask):
         """Queries [B, KV, G*S, D] over T keys/values [B, KV, T, D] (T = S when training, the
-        cache length when decoding); `mask` is additive, broadcast to [B, KV, G, S, T]."""
-        b, kv, gs, d = q.shape
+        cache length when decoding); `mask` is additive, broadcast to [B, KV, G, S, T].
+        Tuples of k, v and mask are blocks of keys under one softmax (a cache and its window)."""
+        if isinstance(k, tuple):
+            return self._attend_blocks(q, k, v, mask)
+        b, kv, gs, _ = q.shape
         t = k.shape[2]
         g = self.group
         s = gs // g
         scores = self.matmul_qk(q, k) * self.scale  # [B, KV, G*S, T]
         scores = scores.reshape(b, kv, g, s, t) + mask
         probs = ops.softmax(scores, -1).reshape(b, kv, gs, t)
-        out = self.matmul_pv(probs, v).reshape(b, kv * g, s, d)  # heads in q's order
-        return self.wo(out.transpose(0, 2, 1, 3).reshape(b, s, kv * g * d))
+        return self._merge_heads(self.matmul_pv(probs, v))
+
+    def _attend_blocks(self, q, ks, vs, masks):
+        """`attend` over key blocks [B, KV, T_i, D]: the scores are joined for the softmax and
+        the probabilities split again, so no block of keys or values is ever copied."""
+        b, kv, gs, _ = q.shape
+        g = self.group
+        s = gs // g
+        scores = [(self.matmul_qk(q, k) * self.scale).reshape(b, kv, g, s, k.shape[2]) + m
+                  for k, m in zip(ks, masks)]
+        probs = ops.softmax(ops.concat(scores, -1), -1).reshape(b, kv, gs, -1)
+        out, start = None, 0
+        for v in vs:
+            t = v.shape[2]
+            part = self.matmul_pv(probs[:, :, :, start:start + t], v)
+            out, start = part if out is None else out + part, start + t
+        return self._merge_heads(out)
+
+    def _merge_heads(self, out):
+        """[B, KV, G*S, D] (heads in q's order) -> the output projection of [B, S, H*D]."""
+        b, kv, gs, d = out.shape
+        s = gs // self.group
+        out = out.reshape(b, kv * self.group, s, d)
+        return self.wo(out.transpose(0, 2, 1, 3).reshape(b, s, kv * self.group * d))
 
     def construct(self, x, cos, sin, mask, cache=None, index=None):
         """With a `cache` (cache.LayerCache), the new keys/values are written at `index` first
-        and the queries attend over the whole cache (`mask` then spans the cache length)."""
+        and the queries attend over what the cache returns: the whole cache (`mask` then spans
+        the cache length), or the cache and its recent window (tuples of two blocks)."""
         q, k, v = self.project(x, cos, sin)
         if cache is not None:
             k, v = cache(index, k, v)
