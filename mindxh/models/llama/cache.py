@@ -93,8 +93,8 @@ class RecentWindow(nn.Cell):
 
 # Below this size of one layer's key (or value) cache a window costs more than it saves: its
 # extra kernels (a second pair of attention matmuls, the joined softmax) outweigh the smaller
-# write. Measured on 2 CPU cores (docs/performance.md): batch 1 (0.15-0.6 MB) is 7-12% slower
-# with a window, batch 32 (4.7-19 MB) 1.1-1.4x faster.
+# write. Measured on 2 CPU cores (docs/performance.md): batch 1 (0.15-0.6 MB) is 6-11% slower
+# with a window, 1.2-1.6 MB breaks even (within 4%), batch 32 (4.7-19 MB) is 1.1-1.4x faster.
 WINDOW_MIN_BYTES = 2 << 20
 DECODE_WINDOW = 16  # tokens: one cache write per 16 decoded tokens
 
