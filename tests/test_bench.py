@@ -104,6 +104,8 @@ def test_agreement_of_greedy_tokens():
     assert late["first_tokens_agree"] and late["token_agreement"] == 0.8
     short = sections._agreement(a, [[1, 2, 9]])  # recomputation timed over fewer steps
     assert not short["first_tokens_agree"] and short["compared"] == 3
+    capped = sections._agreement(a, [[1, 2, 3, 4]])  # fewer tokens than the prefix, all equal
+    assert capped["first_tokens_agree"] and capped["token_agreement"] == 1.0
     assert sections._agreement(None, a) is None
 
 
@@ -176,3 +178,26 @@ def test_the_fused_peer_is_graph_mode_with_graph_kernel_fusion():
     assert unfused[1]["graph_kernel"] is False and unfused[3] == {}
     r = train_jobs._mindxh_recipe(spec.shape("tiny"), "graph", 3, params["graph_kernel"])
     assert r.compile.enable_graph_kernel and r.compile.mode == "graph"
+
+
+def test_fused_generation_runs_with_the_fused_peer_in_the_fusing_environment(tmp_path, monkeypatch):
+    assert sections._gen_methods(["mindxh-graph", "torch-eager"]) == [
+        "mindxh-cached", "mindxh-recompute", "hf-generate"]
+    assert sections._gen_methods(["mindxh-graph", "mindxh-graph-fused"]) == [
+        "mindxh-cached", "mindxh-cached-fused", "mindxh-recompute"]
+    calls = []
+
+    def child(job, params, python, timeout, log, env=None):
+        calls.append((params.get("method"), params.get("graph_kernel"), env))
+        case = {"wall_s": 1.0, "first_s": 1.0, "timed_steps": 2, "tokens": [[1, 2]], "window": None}
+        return {"cases": [case], "framework": "f"}
+
+    monkeypatch.setattr(sections, "run_child", child)
+    monkeypatch.setattr(sections, "_weights", lambda work, name, params: "w")
+    opts = _opts()
+    opts.gen_new, opts.gen_batch, opts.repeats = [2], [1], 1
+    section = sections.generate("tiny", ["mindxh-graph", "mindxh-graph-fused"], opts, tmp_path)
+    assert ("cached", True, {"OMP_NUM_THREADS": "1"}) in calls
+    assert ("cached", False, {}) in calls and ("recompute", False, {}) in calls
+    assert [r["method"] for r in section["rows"]] == ["mindxh-cached", "mindxh-cached-fused",
+                                                      "mindxh-recompute"]

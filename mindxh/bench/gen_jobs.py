@@ -75,16 +75,18 @@ def _run_recompute(cell, prompt: np.ndarray, new: int, steps: int) -> tuple[floa
 
 
 def gen_mindxh(p: dict) -> dict:
-    """p: config, weights, method (cached | recompute), cases [[batch, new], ...], recompute_cap."""
+    """p: config, weights, method (cached | recompute), cases [[batch, new], ...], recompute_cap,
+    graph_kernel (CPU graph-kernel fusion, configured as a fusing recipe's run configures it)."""
     import mindspore as ms
 
+    from mindxh.bench.train_jobs import _mindxh_recipe
     from mindxh.checkpoint.store import assign_tensors
     from mindxh.generate import Generator, SamplingConfig
     from mindxh.models.llama.model import build_model
+    from mindxh.train import runtime
 
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
     s = spec.shape(p["config"])
+    runtime.configure(_mindxh_recipe(s, "graph", 1, p.get("graph_kernel", False)))
     longest = spec.GEN_PROMPT + max(n for _, n in p["cases"])
     model = build_model(spec.model_config(s, longest, spec.GEN_INIT_STD), seed=0)
     assign_tensors(load_weights(p["weights"]), model.parameters_and_names(), p["weights"])
@@ -109,7 +111,8 @@ def gen_mindxh(p: dict) -> dict:
                         "first_s": first, "tokens_per_s": batch * steps / wall,
                         "tokens": ids.tolist(),
                         "window": gen.cell.window if p["method"] == "cached" else None})
-    return {"cases": results, "framework": f"mindspore {ms.__version__} (graph)"}
+    fused = ", graph-kernel fusion" if p.get("graph_kernel") else ""
+    return {"cases": results, "framework": f"mindspore {ms.__version__} (graph{fused})"}
 
 
 def gen_hf(p: dict) -> dict:

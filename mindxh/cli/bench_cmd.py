@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="tiny,medium,small", help=f"of {', '.join(spec.CONFIGS)}")
     p.add_argument("--peers", default=",".join(spec.TRAIN_PEERS), help="train-step peers; "
-                   "generation runs mindxh's methods with mindxh-graph, transformers' with torch-eager")
+                   "generation runs mindxh's methods with mindxh-graph, its fused cached decoding with "
+                   "mindxh-graph-fused, transformers' with torch-eager")
     p.add_argument("--only", default="train,generate,grpo", help="sections: train, generate, grpo")
     p.add_argument("--repeats", type=int, default=3, help="alternated rounds per peer (processes)")
     p.add_argument("--steps", type=int, default=10, help="timed train steps per round")
