@@ -105,10 +105,10 @@ def _gen_md(section: dict) -> list[str]:
             out.append(f"| {r['batch']} | {r['new_tokens']} | {r['method']} | {r['error']} | | | | | |")
             continue
         agree = r["agreement_with_cached"]
-        timed = "" if r["timed_steps"] == r["new_tokens"] else f" ({r['timed_steps']} steps timed)"
+        note = "" if r["timed_steps"] == r["new_tokens"] else f" ({r['timed_steps']} steps timed)"
         if r.get("window"):  # the Generator decoded through a RecentWindow (cache.py)
-            timed += f" (window {r['window']})"
-        out.append(f"| {r['batch']} | {r['new_tokens']} | {r['method']}{timed} | {_f(r['tokens_per_s'])} | "
+            note += f" (window {r['window']})"
+        out.append(f"| {r['batch']} | {r['new_tokens']} | {r['method']}{note} | {_f(r['tokens_per_s'])} | "
                    f"{_f(r['wall_s']['median'], '.2f')} | {_f(r['first_call_s'], '.1f')} | "
                    f"{_x(r['cached_vs_this'])} | "
                    f"{'-' if not agree else ('yes' if agree['first_tokens_agree'] else 'NO')} | "

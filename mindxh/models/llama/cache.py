@@ -43,6 +43,11 @@ from mindspore import dtype as mstype
 from mindxh.models.llama.model import _MASKED, Decoder
 
 
+def _additive(visible):
+    """A boolean visibility tensor as an additive attention mask (0 where visible)."""
+    return (1.0 - visible.astype(mstype.float32)) * _MASKED
+
+
 class LayerCache(nn.Cell):
     """Keys and values of one layer, `[B, KV, T, D]` each, updated in place."""
 
@@ -110,10 +115,9 @@ class _Flush(nn.Cell):
     """`(positions [B, 1], slot [1])`, after decoding the window's last slot: every layer's
     window into its cache, slot j of row b at column positions[b] - slot + j."""
 
-    def __init__(self, windows: nn.CellList, row_ids: Tensor, head_ids: Tensor, window: int):
+    def __init__(self, windows: nn.CellList, row_ids: Tensor, head_ids: Tensor, slots: Tensor):
         super().__init__(auto_prefix=False)
-        self.windows, self.row_ids, self.head_ids = windows, row_ids, head_ids
-        self.slots = Tensor(np.arange(window, dtype=np.int32))
+        self.windows, self.row_ids, self.head_ids, self.slots = windows, row_ids, head_ids, slots
 
     def construct(self, positions, slot):
         columns = positions - slot + self.slots.reshape(1, -1)  # [B, W]
@@ -165,7 +169,7 @@ class CachedDecoder(nn.Cell):
             self.windows = nn.CellList([RecentWindow(c, i, window) for i, c in enumerate(self.caches)])
             self.window_slots = Tensor(np.arange(window, dtype=np.int32))
             self._slot_ids = [Tensor(np.array([j], np.int32)) for j in range(window)]
-            self._flush = _Flush(self.windows, self.row_ids, self.head_ids, window)
+            self._flush = _Flush(self.windows, self.row_ids, self.head_ids, self.window_slots)
 
     def prefill(self, tokens, positions, out_index):
         """The prompt block (Tensors, as the cell's own call); decoding restarts at slot 0."""
@@ -188,13 +192,13 @@ class CachedDecoder(nn.Cell):
         b, s = tokens.shape
         if slot is None:  # every token into the cache at its position
             visible = self.columns.reshape(1, 1, -1) <= positions.expand_dims(2)  # [B, S, T]
-            mask = ((1.0 - visible.astype(mstype.float32)) * _MASKED).reshape(b, 1, 1, s, self.cache_len)
+            mask = _additive(visible).reshape(b, 1, 1, s, self.cache_len)
             caches, index = self.caches, _scatter_index(self.row_ids, self.head_ids, positions)
         else:  # one token per row into window slot `slot`; the cache holds columns < position - slot
             flushed = self.columns.reshape(1, -1) < positions - slot  # [B, T]
             in_window = self.window_slots <= slot  # [W]
-            mask = (((1.0 - flushed.astype(mstype.float32)) * _MASKED).reshape(b, 1, 1, 1, self.cache_len),
-                    ((1.0 - in_window.astype(mstype.float32)) * _MASKED).reshape(1, 1, 1, 1, self.window))
+            mask = (_additive(flushed).reshape(b, 1, 1, 1, self.cache_len),
+                    _additive(in_window).reshape(1, 1, 1, 1, self.window))
             caches = self.windows
             index = _scatter_index(self.row_ids, self.head_ids, ops.broadcast_to(slot.reshape(1, 1), (b, 1)))
         x = self.model.forward_cached(tokens, positions, mask, caches, index)
@@ -233,8 +237,7 @@ class _StatelessStep(nn.Cell):
         writes S tokens into empty caches; decode (S = 1) writes one column per row."""
         model = self.model
         pos = positions.expand_dims(2)  # [B, S, 1]
-        visible = (self.columns <= pos).astype(mstype.float32)  # [B, S, T]
-        mask = ((1.0 - visible) * _MASKED).expand_dims(1).expand_dims(1)  # [B, 1, 1, S, T]
+        mask = _additive(self.columns <= pos).expand_dims(1).expand_dims(1)  # [B, 1, 1, S, T]
         cos, sin = model._rope(positions, tokens.shape[1])
         x = model._embed(tokens)
         # where the new keys go (graph mode wants the name bound on both branches)
