@@ -11,7 +11,8 @@ TOY = [
     "train.checkpoint_every=4", "sft.cold_start_examples=40", "sft.max_steps=4",
     "sft.batch_size=8", "sft.eval_every=2", "sft.eval_problems=8", "sft.stop_at_accuracy=0",
     "grpo.steps=2", "grpo.prompts_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=16",
-    "grpo.eval_every=1", "grpo.eval_problems=4", "grpo.checkpoint_every=1", "evaluation.problems=8",
+    "grpo.eval_every=1", "grpo.eval_problems=4", "grpo.checkpoint_every=1", "grpo.micro_batch_rows=2",
+    "evaluation.problems=8",
     "evaluation.batch_size=8", "evaluation.max_new_tokens=16",
     "pipeline.control_shuffled_rewards=true", "pipeline.control_more_sft=true",
 ]

@@ -82,6 +82,11 @@ def test_literal_choices_listed(tmp_path):
     assert "compile.mode" in msg and "'graph'" in msg and "'pynative'" in msg
 
 
+def test_grpo_micro_batch_rows_must_not_be_negative(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "grpo:\n  micro_batch_rows: -4\n"))
+    assert "grpo.micro_batch_rows" in msg and "must be >= 0" in msg and "line 2" in msg
+
+
 def test_cross_section_check(tmp_path):
     msg = error_of(write(tmp_path, "r.yaml", "model:\n  max_seq_len: 64\ntrain:\n  seq_len: 128\n"))
     assert "train.seq_len" in msg and "line 4" in msg

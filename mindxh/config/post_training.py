@@ -58,6 +58,9 @@ class GRPOConfig:
     clip_eps: float = 0.2
     kl_beta: float = 0.0  # k3 estimator against the frozen SFT model; 0 = no reference model
     epochs_per_batch: int = 1  # optimisation passes per sampled batch (mu); 1 = ratio stays 1
+    # rows per forward/backward pass of an update, gradients accumulated over the passes;
+    # 0 = the whole batch (prompts_per_step * group_size rows) in one pass
+    micro_batch_rows: int = 0
     format_weight: float = 0.1  # reward for the <think>..</think><answer>..</answer> shape
     skip_uniform_groups: bool = True  # a group with equal rewards carries no signal
     shuffle_rewards: bool = False  # control: rewards permuted across the batch
@@ -80,6 +83,8 @@ class GRPOConfig:
         _require(self.lr > 0, "lr", "must be > 0")
         _require(0 <= self.clip_eps < 1, "clip_eps", "must be in [0, 1)")
         _require(self.kl_beta >= 0, "kl_beta", "must be >= 0")
+        _require(self.micro_batch_rows >= 0, "micro_batch_rows",
+                 "must be >= 0 (0: the whole batch in one pass)")
 
 
 @dataclass

@@ -25,7 +25,8 @@ from mindxh.config import Recipe, recipe_to_yaml
 from mindxh.rewards.code import GradeStats
 from mindxh.rewards.judge import greedy_records, rewards
 from mindxh.rl.objective import GRPOStats
-from mindxh.rl.rollout import build_batch, group_advantages, shuffle_rewards
+from mindxh.rl.rollout import (RolloutBatch, build_batch, group_advantages, micro_batches,
+                                shuffle_rewards)
 from mindxh.tasks.mix import RLStream, prompt_ids
 from mindxh.tokenizer import Tokenizer
 from mindxh.train.metrics import peak_rss_mb
@@ -44,12 +45,16 @@ class GRPOResult:
 
 @dataclass(frozen=True)
 class _Policy:
-    """The policy, its optimiser, the frozen reference (kl_beta > 0) and the compiled cells."""
+    """The policy, its optimiser, the frozen reference (kl_beta > 0) and the compiled cells:
+    `step_cell` for an update in one pass, or `accumulate` + `apply` over micro-batches."""
 
     model: Any
     optimizer: Any
-    step_cell: Any
-    logprobs: Any
+    step_cell: Any  # None with micro-batches
+    accumulate: Any  # None without
+    apply: Any
+    micro_batch_rows: int
+    logprobs: Any  # the old log-probs, for epochs_per_batch > 1 (None: the first pass needs none)
     ref_logprobs: Any  # None without a KL term
     generator: Any
 
@@ -57,8 +62,9 @@ class _Policy:
     def build(cls, r: Recipe, tok: Tokenizer, init_from: Path, row_len: int) -> _Policy:
         from mindxh.generate.generator import Generator
         from mindxh.models.llama.model import build_model
-        from mindxh.rl.objective import GRPOLoss, GRPOStep, TokenLogProbs
+        from mindxh.rl.objective import GRPOAccumulate, GRPOLoss, GRPOStep, TokenLogProbs
         from mindxh.train.optim import AdamW
+        from mindxh.train.step import ApplyStep
 
         g = r.grpo
         model = build_model(r.model, r.seed)
@@ -77,10 +83,41 @@ class _Policy:
         # the loss, the old and the reference log-probs all score softmax(logits / temperature),
         # the distribution `_sample` draws from; `Completion.logprobs` are not used as the old
         # log-probs because they are of softmax(logits) (temperature 1) whatever was sampled
-        step_cell = GRPOStep(GRPOLoss(model, g.clip_eps, g.kl_beta, g.temperature), optimizer)
-        logprobs = TokenLogProbs(model, g.temperature)
-        generator = Generator(model, tok, g.prompts_per_step * g.group_size, row_len + 1)
-        return cls(model, optimizer, step_cell, logprobs, ref_logprobs, generator)
+        loss = GRPOLoss(model, g.clip_eps, g.kl_beta, g.temperature)
+        rows = g.prompts_per_step * g.group_size
+        step_cell = accumulate = apply = None
+        if 0 < g.micro_batch_rows < rows:
+            accumulate = GRPOAccumulate(loss, optimizer)
+            apply = ApplyStep(accumulate, optimizer)
+        else:
+            step_cell = GRPOStep(loss, optimizer)
+        logprobs = TokenLogProbs(model, g.temperature) if g.epochs_per_batch > 1 else None
+        generator = Generator(model, tok, rows, row_len + 1)
+        return cls(model, optimizer, step_cell, accumulate, apply, g.micro_batch_rows, logprobs,
+                   ref_logprobs, generator)
+
+    def update(self, batch: RolloutBatch, epochs: int) -> GRPOStats | None:
+        """`epochs` optimisation passes over `batch`; None when no row carries loss (every
+        group's rewards were equal)."""
+        import mindspore as ms
+
+        if not batch.mask.any():
+            return None
+        pieces = [batch] if self.accumulate is None else micro_batches(batch, self.micro_batch_rows)
+        inputs = [tuple(ms.Tensor(a) for a in (p.input_ids, p.targets, p.weights, p.advantages))
+                  for p in pieces]
+        # fixed before the first pass: the behaviour policy and the reference
+        old = [None if self.logprobs is None else self.logprobs(x[0], x[1]) for x in inputs]
+        ref = [None if self.ref_logprobs is None else self.ref_logprobs(x[0], x[1]) for x in inputs]
+        stats = None
+        for _ in range(epochs):
+            if self.accumulate is None:
+                stats = GRPOStats.of(self.step_cell(*inputs[0], old[0], ref[0]))
+                continue
+            parts = [self.accumulate(*x, o, f) for x, o, f in zip(inputs, old, ref)]
+            sums = [sum(float(p[i].asnumpy()) for p in parts) for i in range(3)]
+            stats = GRPOStats.of_parts(sums, self.apply(ms.Tensor(np.float32(sums[0]))))
+        return stats
 
 
 @dataclass(frozen=True)
@@ -121,8 +158,6 @@ class _Session:
 
     def step(self, step: int) -> dict:
         """GRPO step `step + 1`: sample, reward, update; returns its metrics record."""
-        import mindspore as ms
-
         g, pol = self.recipe.grpo, self.policy
         t0 = time.perf_counter()
         problems = self.problems.take()
@@ -137,14 +172,7 @@ class _Session:
             grouped = shuffle_rewards(grouped, np.random.default_rng([self.recipe.seed, step]))
         adv, kept = group_advantages(grouped, g.skip_uniform_groups)
         batch = build_batch(prompts, [c.ids for c in completions], adv, kept, self.row_len)
-        ids, tgt = ms.Tensor(batch.input_ids), ms.Tensor(batch.targets)
-        mask, advantages = ms.Tensor(batch.mask), ms.Tensor(batch.advantages)
-        old = pol.logprobs(ids, tgt)
-        ref = pol.ref_logprobs(ids, tgt) if pol.ref_logprobs is not None else old
-        stats = None
-        if kept.any():
-            for _ in range(g.epochs_per_batch):
-                stats = GRPOStats.of(pol.step_cell(ids, tgt, mask, advantages, old, ref))
+        stats = pol.update(batch, g.epochs_per_batch)
         t2 = time.perf_counter()
         lengths = [len(c.ids) for c in completions]
         record = {"step": step + 1, "reward_mean": float(reward.mean()),

@@ -5,13 +5,13 @@ short sequences, so clarity wins over speed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from mindxh.data.packing import IGNORE
 
-__all__ = ["RolloutBatch", "build_batch", "group_advantages", "shuffle_rewards"]
+__all__ = ["RolloutBatch", "build_batch", "group_advantages", "micro_batches", "shuffle_rewards"]
 
 
 def group_advantages(rewards: np.ndarray, skip_uniform: bool = True,
@@ -48,6 +48,14 @@ class RolloutBatch:
     targets: np.ndarray  # [N, T] int32, IGNORE outside the response
     mask: np.ndarray  # [N, T] float32, 1 on response tokens of kept groups
     advantages: np.ndarray  # [N] float32
+    # [N, T] float32: mask / (response tokens of kept groups in the whole sampled batch), so a
+    # sum over any rows' tokens is their share of the token-level mean, and the sums of the
+    # micro-batches add up to the mean over the batch
+    weights: np.ndarray
+
+    def rows(self, index) -> RolloutBatch:
+        """The rows at `index` (an index array or a slice), every field cut alike."""
+        return RolloutBatch(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def build_batch(prompts: list[list[int]], responses: list[list[int]], advantages: np.ndarray,
@@ -67,4 +75,34 @@ def build_batch(prompts: list[list[int]], responses: list[list[int]], advantages
         targets[i, len(p) - 1:len(seq) - 1] = r
     row_kept = np.repeat(np.asarray(kept, bool), group)
     mask = ((targets != IGNORE) & row_kept[:, None]).astype(np.float32)
-    return RolloutBatch(input_ids, targets, mask, np.asarray(advantages, np.float32).reshape(-1))
+    weights = (mask / max(float(mask.sum()), 1.0)).astype(np.float32)
+    return RolloutBatch(input_ids, targets, mask, np.asarray(advantages, np.float32).reshape(-1),
+                        weights)
+
+
+def micro_batches(batch: RolloutBatch, rows: int) -> list[RolloutBatch]:
+    """The rows that carry loss (response tokens of kept groups), in order, in pieces of
+    `rows` rows; the last piece is padded with rows of zero weight (one static shape for the
+    compiled step). Rows of groups with equal rewards weigh nothing in the loss, its gradient
+    or its statistics, so they are left out instead of computed: usually a micro-batch or two
+    fewer. No rows carry loss: no pieces."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    live = np.flatnonzero(batch.mask.any(axis=1))
+    pieces = [batch.rows(live[start:start + rows]) for start in range(0, len(live), rows)]
+    if pieces and len(pieces[-1].advantages) < rows:
+        pieces[-1] = _concat(pieces[-1], _zero_rows(rows - len(pieces[-1].advantages),
+                                                    batch.input_ids.shape[1]))
+    return pieces
+
+
+def _zero_rows(n: int, length: int) -> RolloutBatch:
+    """Padding rows: no response tokens, so no weight, loss or gradient."""
+    zeros = np.zeros((n, length), np.float32)
+    return RolloutBatch(np.zeros((n, length), np.int32), np.full((n, length), IGNORE, np.int32),
+                        zeros, np.zeros(n, np.float32), zeros.copy())
+
+
+def _concat(a: RolloutBatch, b: RolloutBatch) -> RolloutBatch:
+    return RolloutBatch(*(np.concatenate((getattr(a, f.name), getattr(b, f.name)))
+                          for f in fields(RolloutBatch)))
