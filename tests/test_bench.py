@@ -201,3 +201,24 @@ def test_fused_generation_runs_with_the_fused_peer_in_the_fusing_environment(tmp
     assert ("cached", False, {}) in calls and ("recompute", False, {}) in calls
     assert [r["method"] for r in section["rows"]] == ["mindxh-cached", "mindxh-cached-fused",
                                                       "mindxh-recompute"]
+
+
+def test_grpo_section_takes_medians_after_the_compiling_step_and_names_the_update(tmp_path, monkeypatch):
+    def child(job, params, python=None, timeout=None, log_file=None, env=None):
+        assert job == "grpo" and params["steps"] == 3
+        steps = [{"step": i + 1, "sample_s": s, "reward_s": 0.01, "update_s": u, "response_len": 40.0,
+                  "groups_used": 16} for i, (s, u) in enumerate([(5.0, 9.0), (1.0, 1.5), (1.2, 1.3)])]
+        return {"steps": steps, "tokenizer_s": 1.0, "run_s": 20.0, "rollouts_per_step": 128,
+                "max_new_tokens": 48, "micro_batch_rows": 32, "recipe_steps": 80, "peak_rss_mb": 2500.0}
+
+    monkeypatch.setattr(sections, "run_child", child)
+    opts = _opts(grpo_steps=3, grpo_recipe=harness.REPO_ROOT / "recipes/tiny/x1.yaml")
+    g = sections.grpo(opts, tmp_path)
+    assert g["phases_median_s"] == {"sample_s": pytest.approx(1.1), "reward_s": pytest.approx(0.01),
+                                    "update_s": pytest.approx(1.4)}
+    assert g["first_step_s"] == pytest.approx(14.01) and g["timed_steps"] == 2
+    assert g["projected_stage_s"] == pytest.approx(80 * 2.51)
+    md = "\n".join(report._grpo_md(g))
+    assert "| update | 1.4000 |" in md and "in micro-batches of 32 rows" in md
+    assert "skip_uniform_groups=false" in md
+    assert "the whole batch in one pass" in "\n".join(report._grpo_md({**g, "micro_batch_rows": 0}))

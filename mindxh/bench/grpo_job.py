@@ -1,10 +1,13 @@
 """GRPO child: a few steps of the tiny X1 recipe's GRPO stage, wall time split three ways.
 
-The GRPO trainer (mindxh.rl.grpo) logs `sample_s`, `reward_s` and `update_s` (log-probs +
-policy update) per step in metrics.jsonl; this job runs it unchanged and reads them. The
-policy starts from a freshly initialised model (its speed does not depend on the weights;
-the response lengths do, and are reported). Validation generations (before the first
-step, after the last) are not counted.
+The GRPO trainer (mindxh.rl.grpo) logs `sample_s`, `reward_s` and `update_s` (the policy
+update, in the recipe's micro-batches) per step in metrics.jsonl; this job runs it and reads
+them. The policy starts from a freshly initialised model (its speed does not depend on the
+weights; the response lengths do, and are reported). Such a policy earns equal rewards
+within nearly every group, and a run skips those groups' rows, so this job trains on every
+group (`grpo.skip_uniform_groups=false`, zero advantages): the update then costs what a
+batch of 128 rows with loss costs, the most a step of the recipe can cost. Validation
+generations (before the first step, after the last) are not counted.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ def grpo(p: dict) -> dict:
     work = Path(p["work"])
     steps = p["steps"]
     r = load_recipe(p["recipe"], [f"grpo.steps={steps}", "grpo.eval_every=0",
-                                  f"grpo.checkpoint_every={steps}"])
+                                  f"grpo.checkpoint_every={steps}", "grpo.skip_uniform_groups=false"])
     t0 = time.perf_counter()
     tok = prepare_tokenizer(r, work)  # trains the recipe's tokenizer into work/tokenizer.model
     tokenizer_s = time.perf_counter() - t0
@@ -47,9 +50,10 @@ def grpo(p: dict) -> dict:
     for rec in records:
         rows.append({"step": rec["step"], "sample_s": rec["sample_s"],
                      "reward_s": rec["reward_s"], "update_s": rec["update_s"],
-                     "response_len": rec["response_len"]})
+                     "response_len": rec["response_len"], "groups_used": rec["groups_used"]})
     g = r.grpo
     return {"steps": rows, "tokenizer_s": tokenizer_s, "run_s": run_s,
             "rollouts_per_step": g.prompts_per_step * g.group_size,
-            "max_new_tokens": g.max_new_tokens, "recipe_steps": load_recipe(p["recipe"]).grpo.steps}
+            "max_new_tokens": g.max_new_tokens, "micro_batch_rows": g.micro_batch_rows,
+            "recipe_steps": load_recipe(p["recipe"]).grpo.steps}
 
