@@ -126,8 +126,8 @@ def _grpo_md(g: dict) -> list[str]:
             f"{g['max_new_tokens']} tokens per step; median of {g['timed_steps']} steps after the "
             "first)", "", "| phase | s / step | share |", "|---|---:|---:|", *rows,
             f"| **total** | {total:.3f} | 100% |", "",
-            f"- update: every group trained on (`grpo.skip_uniform_groups=false`; a run skips "
-            f"groups with equal rewards, so its updates cost at most this), "
+            "- update: every group trained on (`grpo.skip_uniform_groups=false`; a run skips "
+            "groups with equal rewards, so its updates cost at most this), "
             + (f"in micro-batches of {g['micro_batch_rows']} rows" if g.get("micro_batch_rows")
                else "the whole batch in one pass"),
             f"- first step (compiles): {g['first_step_s']:.1f} s; peak RSS {g['peak_rss_mb']:,.0f} MB",

@@ -25,8 +25,13 @@ from mindxh.config import Recipe, recipe_to_yaml
 from mindxh.rewards.code import GradeStats
 from mindxh.rewards.judge import greedy_records, rewards
 from mindxh.rl.objective import GRPOStats
-from mindxh.rl.rollout import (RolloutBatch, build_batch, group_advantages, micro_batches,
-                                shuffle_rewards)
+from mindxh.rl.rollout import (
+    RolloutBatch,
+    build_batch,
+    group_advantages,
+    micro_batches,
+    shuffle_rewards,
+)
 from mindxh.tasks.mix import RLStream, prompt_ids
 from mindxh.tokenizer import Tokenizer
 from mindxh.train.metrics import peak_rss_mb
