@@ -163,7 +163,8 @@ def grpo(opts, work: Path) -> dict:
     return {"recipe": _shown(opts.grpo_recipe), "steps": res["steps"], "phases_median_s": phases,
             "step_s": total, "first_step_s": sum(res["steps"][0][k] for k in phases),
             "rollouts_per_step": res["rollouts_per_step"], "max_new_tokens": res["max_new_tokens"],
-            "micro_batch_rows": res.get("micro_batch_rows", 0), "recipe_steps": res["recipe_steps"], "projected_stage_s": total * res["recipe_steps"],
+            "micro_batch_rows": res["micro_batch_rows"], "recipe_steps": res["recipe_steps"],
+            "projected_stage_s": total * res["recipe_steps"],
             "peak_rss_mb": res["peak_rss_mb"], "timed_steps": len(steady)}
 
 
