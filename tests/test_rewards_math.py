@@ -49,6 +49,16 @@ def _gsm8k_dir() -> Path:
     ("it costs .5 dollars", "0.5"),
     ("A: 10/4", "5/2"),
     ("x = -5", "-5"),
+    ("共有42个苹果", "42"),                          # CJK text glues numbers to words
+    ("答案是４２", "42"),                            # full-width digits
+    ("so the answer is \u22127", "-7"),              # the Unicode minus sign
+    ("$\\dfrac{1}{2}$", "\\dfrac{1}{2}"),            # no marker: the LaTeX around the last number
+    ("so it is $\\frac{3}{4}$ of the cake", "\\frac{3}{4}"),
+    ("it costs $18$ now", "18"),
+    ("\\boxed{(1, 2)}", "(1, 2)"),                   # a tuple: math-verify's job
+    ("<answer>[0, \\infty)</answer>", "[0, \\infty)"),
+    ("<answer>(1,000)</answer>", "1000"),            # a thousands separator, not a tuple
+    ("<answer>(that is, 5 apples)</answer>", "5"),   # a remark, not a tuple
     ("no digits here", None),
     ("", None),
 ])
@@ -93,8 +103,10 @@ def test_grader_fast_path_and_math_verify():
             ("\\frac{1}{2}", "The answer is 0.5"),      # LaTeX reference
             ("1024", "\\boxed{2^{10}}"), ("1000", "\\boxed{2^{10}}"),
             ("7", "no answer at all"),
+            ("(1,2)", "\\boxed{(1, 2)}"), ("(1,2)", "\\boxed{(2, 1)}"),   # tuples, in order
+            ("0.5", "so $\\dfrac{1}{2}$"), ("-2", "answer: \u22122"),
         ])
-        assert verdicts == [True, True, False, True, True, True, False, False]
+        assert verdicts == [True, True, False, True, True, True, False, False, True, False, True, True]
         assert grader.grade("3", "so 1 + 2 = 3") is True
 
 

@@ -16,10 +16,11 @@ from mindxh.rewards.pool import TimeoutPool
 __all__ = ["MathGrader", "extract_answer", "gsm8k_reference_answer", "normalize_number",
            "numbers_equal"]
 
-# A number not glued to a word: 1,234.5  -3  .5  3/4.  The sign counts only when the
-# character before it is not a digit, letter or ')' (so `16-3` is 16 and 3, not -3).
-_NUM = re.compile(r"(?:(?<![\w.)])-)?(?<![\w.])(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?"
-                  r"|\.\d+)")
+# A number not glued to a Latin word: 1,234.5  -3  .5  3/4.  The sign counts only when the
+# character before it is not a digit, letter or ')' (so `16-3` is 16 and 3, not -3). Chinese
+# and Japanese text glue numbers to words (`共42个`), so only ASCII letters make a word here.
+_NUM = re.compile(r"(?:(?<![A-Za-z0-9_.)])-)?(?<![A-Za-z0-9_.])"
+                  r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|\.\d+)")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _A_LINE = re.compile(r"^\s*A:\s*([^\n]*)", re.M)
@@ -27,6 +28,16 @@ _ANSWER_IS = re.compile(r"answer\s*(?:(?:is|was|will be|would be)\s*[:=]?|[:=])\
 # LaTeX that says nothing about the value: \$, \%, thin spaces, \text{units}, \left/\right.
 _LATEX_NOISE = re.compile(r"\\[$%,;!]|\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}|\\(?:left|right)\b")
 _LATEX_CMD = re.compile(r"\\[a-zA-Z]+")
+# Inline or display math: $...$, $$...$$, \(...\), \[...\]
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+# A tuple or interval, `(1, 2)` or `[0, \infty)`: one answer of several numbers, for
+# math-verify; not `(1,000)` (a thousands separator) and not a bracketed remark (words)
+_BRACKETED_LIST = re.compile(r"^[(\[](?:(?!(?<!\\)\b[a-zA-Z]{2}).)*(?:\D,|,(?!\d{3}(?!\d)))"
+                             r"(?:(?!(?<!\\)\b[a-zA-Z]{2}).)*[)\]]$", re.S)
+# What a model may write for ASCII digits and minus: the Unicode minus (U+2212), the small and
+# full-width hyphen-minus, full-width digits
+_ASCII = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-",
+                        **{chr(0xFF10 + d): str(d) for d in range(10)}})
 _OPERATORS = tuple("^*/+-×÷·")
 
 
@@ -83,6 +94,8 @@ def _from_region(region: str) -> str | None:
     if not s:
         return None
     s = s.rsplit("=", 1)[-1].strip() or s  # `5 + 3 = 8` answers 8
+    if _BRACKETED_LIST.match(s):
+        return s
     m = _NUM.search(s)
     if _LATEX_CMD.search(s) or (m and s[m.end():].lstrip()[:1] in _OPERATORS):
         return s  # an expression (`\\frac{1}{2}`, `2^{10}`): math-verify's job
@@ -93,10 +106,12 @@ def extract_answer(text: str) -> str | None:
     """The final answer of a solution, normalised if it is a number; None if there is none.
 
     Markers, strongest first (the last occurrence of each wins): `<answer>...</answer>`,
-    `\\boxed{...}`, `#### X`, a line `A: X`, `the answer is X`; then the last number.
+    `\\boxed{...}`, `#### X`, a line `A: X`, `the answer is X`; then the last number, or
+    the LaTeX math around it (`$\\frac{1}{2}$`).
     """
     if not text:
         return None
+    text = text.translate(_ASCII)
     tags = _ANSWER_TAG.findall(text)
     if tags:
         return _from_region(tags[-1])
@@ -113,8 +128,16 @@ def extract_answer(text: str) -> str | None:
         answer = _from_region(text[said[-1].end():].split("\n", 1)[0])
         if answer is not None:
             return answer
-    numbers = _NUM.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
+    numbers = list(_NUM.finditer(text))
+    if not numbers:
+        return None
+    last = numbers[-1]
+    spans = list(_MATH_SPAN.finditer(text))
+    if spans and spans[-1].start() <= last.start() < spans[-1].end():
+        inner = next(g for g in spans[-1].groups() if g is not None)
+        if _LATEX_CMD.search(inner):
+            return _from_region(inner)
+    return normalize_number(last.group(0))
 
 
 def gsm8k_reference_answer(answer_text: str) -> str | None:
