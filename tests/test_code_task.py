@@ -100,6 +100,39 @@ def test_grading_runs_hidden_tests_in_the_sandbox():
     assert stats.programs_run == len(cases) - 2 and stats.responses == len(cases)
 
 
+def test_a_program_cannot_harm_the_programs_graded_after_it():
+    """A process a program leaves behind dies before the next program runs (here: one that
+    lets go of the result pipe, waits for its parent to exit, then kills everything it can;
+    before the fix its program passed and 4 of the 5 after it failed), and a program's printing
+    never cuts the driver's result line."""
+    p = generate_code(1, 0, 2)
+    killer = ("import os, signal, time\nif os.fork() == 0:\n    os.closerange(3, 256)\n"
+              "    ppid = os.getppid()\n"
+              "    while os.getppid() == ppid: time.sleep(0.001)\n    while True:\n"
+              "        try: os.kill(-1, signal.SIGKILL)\n        except OSError: pass\n"
+              "        time.sleep(0.005)\n" + p.program())
+    honest = [_program(p.program() + f"  # {i}") for i in range(5)]
+    assert grade_programs([p] * 6, [_program(killer)] + honest, workers=1) == [True] * 6
+    assert run_batch([("print('x' * 70000)\ndef f(x): return x", [1, 2]),
+                      ("def f(x):\n    print('y' * 10000)\n    return x", list(range(8)))]) == \
+        [["1", "2"], [str(x) for x in range(8)]]
+
+
+def test_fenced_or_indented_answers_are_read_as_programs():
+    p = generate_code(1, 0, 2)
+    body = p.program()
+    indented = "\n" + "\n".join("    " + line for line in ("def g(x):", "    return x",
+                                                            *body.splitlines())) + "\n"
+    answers = {"```python": f"```python\n{body}\n```", "```py": f"\n```py\n{body}\n```\n",
+               "bare fence": f"```\n{body}```", "indented": indented, "plain": body,
+               "first line indented": f" x = 1\n{body}"}
+    responses = [f"<think>{p.key}</think><answer>{a}</answer>" for a in answers.values()]
+    assert dict(zip(answers, grade_programs([p] * len(answers), responses))) == \
+        dict.fromkeys(answers, True)
+    assert code.program_of("<answer>```python\ndef f(x):\n    return x\n```</answer>") == \
+        "def f(x):\n    return x"
+
+
 def test_identical_programs_run_once_and_a_hang_costs_only_its_deadline():
     p = generate_code(2, 0, 2)
     stats = GradeStats()

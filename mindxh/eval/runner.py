@@ -126,7 +126,7 @@ def _gsm8k(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
 
 
 def _humaneval(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
-    from mindxh.eval.humaneval import evaluate, load_problems, pass_at_k
+    from mindxh.eval.humaneval import evaluate, load_problems, pass_at_k, truncate_completion
 
     problems = load_problems()
     tasks = sorted(problems)[:args.limit] if args.limit else sorted(problems)
@@ -141,7 +141,9 @@ def _humaneval(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
     gen = _generator(args, model, tok, recipe, max(len(p) for p in prompts))
     temperature = args.temperature if n == 1 else max(args.temperature, 0.2)
     completions = gen.generate(prompts, _sampling(args, temperature))
-    samples = [{"task_id": t, "completion": c.text} for t, c in zip(owners, completions)]
+    # cut at the next top-level statement, as HumanEval's sampling does (the raw text is kept)
+    samples = [{"task_id": t, "completion": truncate_completion(c.text), "generated": c.text}
+               for t, c in zip(owners, completions)]
     records = evaluate(samples, problems, workers=args.workers, timeout_s=args.timeout)
     scores = pass_at_k(records, args.k)
     figures = ", ".join(f"pass@{k} {v:.4f}" for k, v in sorted(scores.items()))

