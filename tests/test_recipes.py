@@ -92,6 +92,44 @@ def test_cross_section_check(tmp_path):
     assert "train.seq_len" in msg and "line 4" in msg
 
 
+def test_sft_rows_must_fit_the_model_when_the_pipeline_post_trains(tmp_path):
+    r = write(tmp_path, "r.yaml", "model:\n  max_seq_len: 128\nsft:\n  seq_len: 256\n")
+    msg = error_of(r)
+    assert "sft.seq_len" in msg and "line 4" in msg and "max_seq_len=128" in msg
+    # a pipeline without the post-training stages (or `mindxh train` on such a recipe) is fine
+    assert load_recipe(r, ["pipeline.stages=[tokenizer,pretrain]"]).sft.seq_len == 256
+
+
+def test_duplicate_keys_are_errors_not_silently_the_last(tmp_path):
+    msg = error_of(write(tmp_path, "r.yaml", "model:\n  hidden_size: 128\n  hidden_size: 64\n"))
+    assert "duplicate key 'model.hidden_size'" in msg and "line 3" in msg and "line 2" in msg
+    # a repeated section would drop the first one whole
+    msg = error_of(write(tmp_path, "s.yaml", "model:\n  num_heads: 8\nmodel:\n  num_layers: 3\n"))
+    assert "duplicate key 'model'" in msg and "line 3" in msg
+
+
+def test_unreadable_recipe_files_are_named(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"name: ok\nseed: 1\n# caf\xe9\n")
+    assert "not UTF-8" in error_of(latin1) and "line 3" in error_of(latin1)
+    assert "is a directory" in error_of(tmp_path)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", "inf", "Infinity"])
+def test_float_keys_must_be_finite(tmp_path, value):
+    msg = error_of(TINY, [f"optim.lr={value}"])
+    assert "optim.lr" in msg and "finite" in msg
+    assert "finite" in error_of(write(tmp_path, "r.yaml", f"model:\n  rope_theta: {value}\n"))
+
+
+@pytest.mark.parametrize("text", ["runs/exp #2", "2024-01-01", "0123", "yes", "a: b"])
+def test_text_keys_set_on_the_command_line_keep_what_was_typed(text):
+    """YAML would read these as `runs/exp` (a comment), a date, 83, True and a mapping."""
+    assert load_recipe(TINY, [f"output_dir={text}", f"name={text}"]).output_dir == text
+    assert load_recipe(TINY, ["output_dir='quoted #x'"]).output_dir == "quoted #x"
+    assert load_recipe(TINY, ["tokenizer.path=null"]).tokenizer.path is None
+
+
 def test_base_inheritance_and_override_order(tmp_path):
     write(tmp_path, "base.yaml", "model:\n  hidden_size: 64\n  num_heads: 4\ntrain:\n  max_steps: 50\n")
     child = write(tmp_path, "child.yaml", "base: base.yaml\nmodel:\n  hidden_size: 96\n")
@@ -211,7 +249,8 @@ def test_datasets_are_a_typed_list_whose_items_are_checked_like_sections(tmp_pat
     ("data.datasets=[]", "data.datasets", "at least one dataset", "--set"),
     ("data.source=synthetic", "data.datasets", "only read when data.source is prepared", "line 5"),
     ("tokenizer.path=null", "tokenizer.path", "the tokenizer they were prepared with", "--set"),
-    ("train.init_from=3", "train.init_from", "expected str or null", "--set"),
+    # inside a mapping YAML's types apply (a text key set alone keeps what was typed)
+    ("train={init_from: 3}", "train.init_from", "expected str or null", "--set"),
 ])
 def test_prepared_data_mistakes_name_the_key(tmp_path, override, key, needle, where):
     msg = error_of(write(tmp_path, "r.yaml", PREPARED.replace("wieght", "weight")), [override])

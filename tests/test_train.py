@@ -193,12 +193,22 @@ def test_metrics_of_a_run_without_checkpoints_are_not_overwritten(tmp_path, tiny
     assert (out / "metrics.jsonl").read_text() == '{"step": 5, "loss": 3.0}\n'
 
 
-def test_resume_with_a_different_model_is_refused(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("override, needle", [
+    ("model.hidden_size=64", "tensor 'embed' is of shape"),
+    # fewer layers: every tensor the model has fits; the checkpoint's extra layers must not
+    # be dropped without a word (and pruned away by the next saves)
+    ("model.num_layers=1", "tensor(s) the model does not have ('layers.1."),
+])
+def test_resume_with_a_different_model_is_refused(tmp_path, tiny_tokenizer, override, needle):
     out = tmp_path / "run"
     assert _train(out, tiny_tokenizer, "--max-steps", "10").returncode == 0
-    res = _train(out, tiny_tokenizer, "--resume", "--set", "model.hidden_size=64")
+    recipe, checkpoints = (out / "recipe.yaml").read_text(), sorted(out.glob("checkpoints/*"))
+    res = _train(out, tiny_tokenizer, "--resume", "--set", override)
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "the recipe's model differs from the checkpoint's" in res.stderr
+    assert "the recipe's model differs from the checkpoint's" in res.stderr and needle in res.stderr
+    # the refused resume leaves the run as it was: its recipe, its checkpoints
+    assert (out / "recipe.yaml").read_text() == recipe
+    assert sorted(out.glob("checkpoints/*")) == checkpoints
 
 
 def test_init_from_starts_from_another_runs_weights_with_a_fresh_optimizer(tmp_path, tiny_tokenizer,
@@ -221,7 +231,8 @@ def test_init_from_starts_from_another_runs_weights_with_a_fresh_optimizer(tmp_p
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("model.hidden_size=64", "tensor 'embed' is shape (512, 128)"),
+    ("model.hidden_size=64", "tensor 'embed' is of shape (512, 128)"),
+    ("model.num_layers=1", "tensor(s) the model does not have"),
     ("train.init_from={missing}", "neither a checkpoint directory"),
 ])
 def test_init_from_problems_are_one_line_errors(tmp_path, tiny_tokenizer, straight, override, needle):

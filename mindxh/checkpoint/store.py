@@ -205,16 +205,25 @@ def _prune(ckpt_dir: Path, keep_last: int) -> None:
 
 def assign_tensors(tensors: dict[str, np.ndarray], params, where: str | Path) -> None:
     """Copy saved tensors into `params` ((name, Parameter) pairs); a tensor that is missing
-    or has another shape is a CheckpointError naming it and `where` it was read from."""
+    or has another shape, or a saved tensor no parameter takes (a model with fewer layers or
+    experts would silently drop it), is a CheckpointError naming it and `where` it was read
+    from. Nothing is assigned unless every tensor fits."""
     import mindspore as ms
 
+    params = list(params)
+    unused = sorted(set(tensors) - {name for name, _ in params})
+    if unused:
+        shown = ", ".join(f"'{n}'" for n in unused[:4]) + (", ..." if len(unused) > 4 else "")
+        raise CheckpointError(f"{where}: holds {len(unused)} tensor(s) the model does not have "
+                              f"({shown})")
     for name, param in params:
         saved = tensors.get(name)
         if saved is None or saved.shape != tuple(param.shape):
             found = "missing" if saved is None else f"of shape {saved.shape}"
             raise CheckpointError(f"{where}: tensor '{name}' is {found}; the model needs "
                                   f"{tuple(param.shape)}")
-        param.set_data(ms.Tensor(saved))
+    for name, param in params:
+        param.set_data(ms.Tensor(tensors[name]))
 
 
 def load_model_weights(model, path: str | Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ def _read_yaml(path: Path) -> tuple[dict, Sources]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(f"recipe file not found: {path}") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path} is a directory, not a recipe file") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise RecipeError(f"{path}, line {line}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe file {path}: {exc.strerror}") from None
     return _parse_yaml(text, path)
 
 
@@ -52,9 +60,15 @@ def _parse_yaml(text: str, path: Path | str) -> tuple[dict, Sources]:
 
     def walk(n: yaml.Node, key: str) -> None:
         if isinstance(n, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for key_node, value_node in n.value:
                 child = f"{key}.{key_node.value}" if key else str(key_node.value)
-                sources[child] = f"{path}, line {key_node.start_mark.line + 1}"
+                line = key_node.start_mark.line + 1
+                if child in seen:  # YAML keeps the last silently: a whole section could vanish
+                    raise RecipeError(f"{path}, line {line}: duplicate key '{child}' (first set "
+                                      f"at line {seen[child]})")
+                seen[child] = line
+                sources[child] = f"{path}, line {line}"
                 walk(value_node, child)
         elif isinstance(n, yaml.SequenceNode):  # items of a list of sections: data.datasets[0]
             for i, item in enumerate(n.value):
@@ -124,6 +138,26 @@ def _where(sources: Sources, key: str) -> str:
             return f" ({sources[key]})"
         key = key[:max(key.rfind("."), key.rfind("["), 0)]  # up one level: a.b[1].c -> a.b[1] -> a.b
     return ""
+
+
+def _override_text(sources: Sources, dotted: str) -> str | None:
+    """The text after `=` of the `--set` that gave `dotted` its value, or None."""
+    origin = sources.get(dotted, "")
+    if not origin.startswith("--set "):
+        return None
+    key, _, raw = origin[len("--set "):].partition("=")
+    return raw.strip() if key.strip() == dotted else None
+
+
+def _accepts_str(tp: Any) -> bool:
+    """Whether a field of type `tp` holds free text (a path, a name): str or Optional[str]."""
+    if typing.get_origin(tp) is typing.Union:
+        return str in typing.get_args(tp)
+    return tp is str
+
+
+def _quoted(text: str) -> bool:
+    return len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
 
 
 def _type_name(tp: Any) -> str:
@@ -223,9 +257,15 @@ def _build(cls: type, data: Any, prefix: str, sources: Sources) -> Any:
         if item_cls is not None:
             kwargs[key] = _build_list(item_cls, value, dotted, sources)
             continue
+        text = _override_text(sources, dotted)
+        if text is not None and value is not None and _accepts_str(tp) and not _quoted(text):
+            value = text  # as typed: YAML reads `runs/exp #2` as `runs/exp`, `0123` as 83
         out = _coerce(value, tp)
         if out is _NO:
             raise RecipeError(f"{dotted}{_where(sources, dotted)}: expected {_type_name(tp)}, "
+                              f"got {value!r}")
+        if isinstance(out, float) and not math.isfinite(out):
+            raise RecipeError(f"{dotted}{_where(sources, dotted)}: must be a finite number, "
                               f"got {value!r}")
         kwargs[key] = out
     obj = cls(**kwargs)

@@ -11,12 +11,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from mindxh.config.errors import InvalidValue
-from mindxh.config.errors import InvalidValues
+from mindxh.config.errors import InvalidValue, InvalidValues
 from mindxh.config.errors import require as _require
 from mindxh.config.post_training import EvalConfig, GRPOConfig, PipelineConfig, SFTConfig
-from mindxh.config.scale import (ClusterConfig, CompileConfig, ParallelConfig, PrecisionConfig,
-                                 parallel_problems)
+from mindxh.config.scale import (
+    ClusterConfig,
+    CompileConfig,
+    ParallelConfig,
+    PrecisionConfig,
+    parallel_problems,
+)
 
 
 @dataclass
@@ -323,6 +327,11 @@ class Recipe:
         m, t = self.model, self.train
         _require(t.seq_len <= m.max_seq_len, "train.seq_len",
                  f"seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+        post = [s for s in ("sft", "grpo", "controls", "eval") if s in self.pipeline.stages]
+        _require(not post or self.sft.seq_len <= m.max_seq_len, "sft.seq_len",
+                 f"seq_len={self.sft.seq_len} exceeds model.max_seq_len={m.max_seq_len}, and the "
+                 f"pipeline's {', '.join(post)} stage(s) train and generate in rows of sft.seq_len "
+                 "tokens; lower it or leave those stages out of pipeline.stages")
         self._check_peak_device()
         if self.tokenizer.path is None:
             for used, key in ((self.data.source == "prepared", "data.source"),

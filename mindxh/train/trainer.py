@@ -153,8 +153,6 @@ class _Session:
             runtime.barrier()
         r = _resolve(recipe, tok)
         recipe_text = recipe_to_yaml(r)
-        if run_dir.lead:
-            (out / "recipe.yaml").write_text(recipe_text)
         latest = run_dir.latest
         try:  # data and init_from problems (missing, damaged, mismatched) surface before compute
             if r.train.init_from and latest is None:
@@ -168,6 +166,8 @@ class _Session:
         _initial_weights(r, latest, cells.model, tok)
         run = run_dir.start(recipe_text, cells.model, cells.optimizer,
                             lambda state: _load_state(source, state))
+        if run_dir.lead:  # only once the checkpoint fits: a refused resume leaves the run's own
+            (out / "recipe.yaml").write_text(recipe_text)
         if run.resumed:
             log.info("resumed from %s (step %d)", latest, run.step)
         samples = SampleLog(out, run_dir.rank, run.step if run.resumed else None)

@@ -34,8 +34,6 @@ def resolve(path: str | Path) -> Path:
 def load_weights(path: str | Path, params: Iterable, tokenizer_sha256: str) -> Path:
     """Set `params` ((name, Parameter) pairs) from the checkpoint `path` resolves to; every
     model tensor must be there with the same shape, and nothing else may be."""
-    import mindspore as ms
-
     where = resolve(path)
     try:
         state = ckpt.load_checkpoint(where)
@@ -46,20 +44,10 @@ def load_weights(path: str | Path, params: Iterable, tokenizer_sha256: str) -> P
         raise InitFromError(f"train.init_from={path}: {where.name} was trained with another "
                             f"tokenizer (sha256 {saved_tok[:12]}...) than this run's "
                             f"({tokenizer_sha256[:12]}...); its token ids would mean other words")
-    params = list(params)
-    names = {name for name, _ in params}
-    extra = sorted(set(state.model) - names)
-    if extra:
-        raise InitFromError(f"train.init_from={path}: {where}/{ckpt.MODEL_FILE} has tensor "
-                            f"'{extra[0]}' that this recipe's model does not; the models differ")
-    for name, param in params:
-        saved = state.model.get(name)
-        if saved is None or saved.shape != tuple(param.shape):
-            found = "missing" if saved is None else f"shape {saved.shape}"
-            raise InitFromError(f"train.init_from={path}: tensor '{name}' is {found} in "
-                                f"{where}/{ckpt.MODEL_FILE}, this recipe's model needs "
-                                f"{tuple(param.shape)}")
-        param.set_data(ms.Tensor(saved))
+    try:
+        ckpt.assign_tensors(state.model, params, where / ckpt.MODEL_FILE)
+    except ckpt.CheckpointError as exc:
+        raise InitFromError(f"train.init_from={path}: {exc}; this recipe's model differs") from None
     log.info("initialised the weights from %s (step %d); optimizer and data start fresh", where,
              state.step)
     return where
