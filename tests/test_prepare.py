@@ -88,12 +88,13 @@ def test_pretrain_round_trip_and_manifest(tmp_path, tok_path, tok, texts):
     a = write_jsonl(tmp_path / "a.jsonl", [{"text": t, "id": i} for i, t in enumerate(texts[:200])])
     b = tmp_path / "b.txt.gz"  # paragraphs; CRLF and whitespace-only separator lines
     with gzip.open(b, "wb") as f:
-        f.write(b"First paragraph,\r\nsecond line.\r\n\r\n\r\nSecond one.\n \t\nThird\n")
+        f.write(b"First paragraph,\r\nsecond line.\r\n\r\n\r\nSecond one.\n \t\nThird\n"
+                + "\u3000\nFourth\n".encode())  # an ideographic space separates CJK paragraphs
     c = write_jsonl(tmp_path / "c.jsonl.gz", [{"text": t} for t in texts[200:]], opener=gzip.open)
     out = tmp_path / "out"
     m = prepare([a, b, c], out, tok_path, kind="pretrain", seq_len=64, workers=0, rows_per_shard=40,
                 command="test")
-    docs = texts[:200] + ["First paragraph,\nsecond line.", "Second one.", "Third"] + texts[200:]
+    docs = texts[:200] + ["First paragraph,\nsecond line.", "Second one.", "Third", "Fourth"] + texts[200:]
     want = packed(pretrain_docs(tok, docs), 64, split=True)
     got = read_rows(out)
     assert_rows_equal(got, want)
@@ -112,7 +113,7 @@ def test_pretrain_round_trip_and_manifest(tmp_path, tok_path, tok, texts):
         assert s["sha256"] == shards.file_sha256(out / s["file"])
         assert s["db_sha256"] == shards.file_sha256(out / (s["file"] + ".db"))
     assert [(s["path"], s["documents"], s["skipped"]) for s in m["sources"]] == [
-        (str(a), 200, {}), (str(b), 3, {}), (str(c), len(texts) - 200, {})]
+        (str(a), 200, {}), (str(b), 4, {}), (str(c), len(texts) - 200, {})]
     assert m["sources"][0]["sha256"] == shards.file_sha256(a) and m["sources"][0]["bytes"] == a.stat().st_size
     assert m["skipped"] == {} and m["command"] == "test" and m["mindxh_version"] and m["created"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -150,6 +151,19 @@ def test_sft_round_trip(tmp_path, tok_path, tok, texts):
     assert np.array_equal(got["labels"][got["labels"] != IGNORE], assistant)
     assert m["documents"] == len(samples) and m["loss_tokens"] == assistant.shape[0]
     assert m["skipped"] == {"too_long": 1} and m["sources"][0]["skipped_lines"] == {"too_long": [51]}
+
+
+def test_sft_samples_with_nothing_to_learn_are_skipped_as_empty(tmp_path, tok_path, texts):
+    samples = sft_samples(texts[:20])
+    empty = [{"prompt": "", "response": ""}, {"prompt": "q", "response": "  \n"},
+             {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}]
+    path = write_jsonl(tmp_path / "sft.jsonl", samples[:5] + empty + samples[5:])
+    m = prepare([path], tmp_path / "out", tok_path, kind="sft", seq_len=192, workers=0)
+    assert m["documents"] == len(samples)
+    assert m["skipped"] == {"empty": 3} and m["sources"][0]["skipped_lines"] == {"empty": [6, 7, 8]}
+    with pytest.raises(Exception, match="sft.jsonl:6: .*empty"):
+        prepare([path], tmp_path / "strict", tok_path, kind="sft", seq_len=192, workers=0,
+                strict=True)
 
 
 def test_workers_1_and_2_write_identical_bytes(tmp_path, tok_path, texts, monkeypatch):

@@ -117,6 +117,31 @@ def test_train_from_files_is_deterministic_and_round_trips(tmp_path, corpus):
     assert a.id_to_piece(ids[ids.index(a.think_id) - 1]) == "<0x0A>"
 
 
+def test_input_files_gzip_bom_and_unreadable(tmp_path, corpus):
+    """A gzip file or a UTF-8 file with a byte-order mark and CRLF trains the same model as
+    the plain file; a file that is not UTF-8 text, or holds none, is an error naming file
+    and line, and nothing is written."""
+    import gzip
+
+    text = "\n".join(corpus[:500]) + "\n"
+    plain, gz, bom = tmp_path / "c.txt", tmp_path / "c.txt.gz", tmp_path / "bom.txt"
+    plain.write_text(text, encoding="utf-8")
+    gz.write_bytes(gzip.compress(text.encode()))
+    bom.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    models = [train([p], tmp_path / "out" / p.stem, 400).sha256 for p in (plain, gz, bom)]
+    assert models[0] == models[1] == models[2]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(text.encode() + b"caf\xe9\n")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    bad_line = text.count("\n") + 1
+    for bad, needle in ((latin1, f"latin1.txt, line {bad_line}: not UTF-8 text"),
+                        (blank, "blank.txt: no text to train on")):
+        with pytest.raises(ValueError, match=needle):
+            train([plain, bad], tmp_path / "bad" / "m", 400)
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+
+
 def test_vocab_size_errors(tmp_path, corpus):
     with pytest.raises(ValueError, match=r"vocab_size=100000 is too large.*smaller"):
         train_from_texts(corpus[:200], str(tmp_path / "big"), 100000)

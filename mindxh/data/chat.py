@@ -45,6 +45,8 @@ def messages_of(sample: Mapping[str, Any]) -> list[dict[str, str]]:
             out.append({"role": m["role"], "content": m["content"]})
         if not any(m["role"] == "assistant" for m in out):
             raise ChatFormatError("'messages' has no assistant turn to learn from")
+        if not any(m["content"].strip() for m in out if m["role"] == "assistant"):
+            raise ChatFormatError("every assistant turn is empty: nothing to learn from")
         return out
     missing = [k for k in ("prompt", "response") if k not in sample]
     if missing:
@@ -52,6 +54,8 @@ def messages_of(sample: Mapping[str, Any]) -> list[dict[str, str]]:
                               " (expected 'messages', or 'prompt' and 'response')")
     if not isinstance(sample["prompt"], str) or not isinstance(sample["response"], str):
         raise ChatFormatError("'prompt' and 'response' must be strings")
+    if not sample["response"].strip():
+        raise ChatFormatError("'response' is empty: nothing to learn from")
     return [{"role": "user", "content": sample["prompt"]},
             {"role": "assistant", "content": sample["response"]}]
 

@@ -229,12 +229,19 @@ def _jsonl_records(chunk: Chunk) -> Iterator[tuple[int, Any]]:
             yield line, Skip("malformed_json", "malformed JSON: nested too deeply")
 
 
+def _blank(raw: bytes) -> bool:
+    """A paragraph break: a line of whitespace only, Unicode spaces included (an ideographic
+    space U+3000 separates paragraphs in CJK text); short lines only are decoded to check."""
+    text = raw.strip()
+    return not text or len(text) <= 12 and not text.decode("utf-8", "replace").strip()
+
+
 def _txt_records(chunk: Chunk) -> Iterator[tuple[int, Any]]:
     block: list[bytes] = []
     start = 0
     lines = chunk.payload.split(b"\n")
     for i, raw in enumerate(lines + [b""]):
-        if raw.strip():
+        if not _blank(raw):
             if not block:
                 start = chunk.first_line + i
             block.append(raw[:-1] if raw.endswith(b"\r") else raw)
@@ -289,6 +296,8 @@ def classify_chat_error(message: str) -> str:
         return "missing_field"
     if "must be" in message:
         return "wrong_type"
+    if "nothing to learn from" in message:
+        return "empty"
     return "bad_chat"
 
 

@@ -22,6 +22,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import logging
@@ -162,7 +163,13 @@ def train(
     for p in paths:
         if not p.is_file():
             raise MissingFileError(f"tokenizer training input not found: {p}")
-    return _train(_file_lines(paths), model_prefix, vocab_size, model_type, character_coverage)
+    lines = _FileLines(paths)
+    try:
+        return _train(iter(lines), model_prefix, vocab_size, model_type, character_coverage)
+    except (TokenizerError, RuntimeError):
+        if lines.error:  # what the reader stopped at, not SentencePiece's wrapped view of it
+            raise TokenizerError(lines.error) from None
+        raise
 
 
 def train_from_texts(
@@ -176,11 +183,34 @@ def train_from_texts(
     return _train(iter(texts), model_prefix, vocab_size, model_type, character_coverage)
 
 
-def _file_lines(paths: Sequence[Path]) -> Iterator[str]:
-    for p in paths:
-        with p.open(encoding="utf-8") as f:
-            for line in f:
-                yield line.rstrip("\r\n")
+class _FileLines:
+    """The lines of text files (gzip or plain UTF-8, a byte-order mark dropped) for
+    SentencePiece. A file it cannot read ends training with `error`, naming the file and
+    line (SentencePiece would report only its own wrapped message), before anything is
+    written."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths, self.error = paths, None
+
+    def __iter__(self) -> Iterator[str]:
+        for p in self.paths:
+            with p.open("rb") as raw:
+                gz = raw.read(2) == b"\x1f\x8b"
+            n, text = 0, False
+            try:
+                with (gzip.open if gz else open)(p, "rb") as f:
+                    for n, raw in enumerate(f, 1):  # bytes per line: the error's line is exact
+                        line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
+                        text = text or bool(line.strip())
+                        yield line
+            except (UnicodeDecodeError, OSError, EOFError) as exc:
+                bad_text = isinstance(exc, UnicodeDecodeError)  # line n itself; else the read after it
+                what = "not UTF-8 text" if bad_text else str(exc)
+                self.error = f"{p}, line {n if bad_text else n + 1}: {what}"
+                raise TokenizerError(self.error) from None  # SentencePiece rewraps it
+            if not text:
+                self.error = f"{p}: no text to train on (the file is empty or blank)"
+                raise TokenizerError(self.error)
 
 
 def _train(
@@ -246,7 +276,7 @@ def _vocab_error(exc: RuntimeError, vocab_size: int) -> Exception:
             f"vocab_size={vocab_size} is too small: the special, byte-fallback and "
             f"character pieces alone need {low.group(1)}; use a larger one"
         )
-    return RuntimeError(f"SentencePiece training failed: {msg}")
+    return TokenizerError(f"SentencePiece training failed: {msg}")
 
 
 def _vocab_text(tok: Tokenizer) -> str:
