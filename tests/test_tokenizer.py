@@ -142,6 +142,15 @@ def test_input_files_gzip_bom_and_unreadable(tmp_path, corpus):
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
 
 
+def test_the_recipe_check_knows_the_fixed_pieces(tmp_path, corpus):
+    from mindxh.config.schema import TRAINED_VOCAB_FLOOR
+
+    tok = train_from_texts(corpus[:200], str(tmp_path / "t"), 400)
+    fixed = [i for i in range(tok.vocab_size) if tok.id_to_piece(i).startswith("<0x")
+             or tok.id_to_piece(i) in ("<pad>", "<unk>", "<s>", "</s>", *REASONING_TOKENS)]
+    assert len(fixed) == TRAINED_VOCAB_FLOOR
+
+
 def test_vocab_size_errors(tmp_path, corpus):
     with pytest.raises(ValueError, match=r"vocab_size=100000 is too large.*smaller"):
         train_from_texts(corpus[:200], str(tmp_path / "big"), 100000)

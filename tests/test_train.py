@@ -240,6 +240,9 @@ def test_init_from_problems_are_one_line_errors(tmp_path, tiny_tokenizer, straig
                  "--set", override.format(missing=tmp_path / "missing"))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "train.init_from=" in res.stderr and needle in res.stderr
+    if "missing" in override:  # found before the tokenizer is trained or anything written
+        assert not (tmp_path / "o" / "tokenizer.model").exists()
+        assert not (tmp_path / "o" / "recipe.yaml").exists()
 
 
 # -- the run component shared with GRPO (mindxh/train/run.py), in process ---------------------

@@ -175,6 +175,12 @@ class ModelConfig:
                      f"must be < num_layers={self.num_layers} (else no layer has experts)")
 
 
+# The pieces a tokenizer mindxh trains holds before any learnt one (mindxh.tokenizer.spm:
+# 256 byte-fallback pieces, <pad> <unk> <s> </s>, and the 4 reasoning tags; a test keeps the
+# two in step): a vocabulary that small cannot hold even the corpus's characters.
+TRAINED_VOCAB_FLOOR = 256 + 4 + 4
+
+
 @dataclass
 class TokenizerConfig:
     """A SentencePiece model: an existing file, or one trained on the run's data."""
@@ -186,6 +192,10 @@ class TokenizerConfig:
 
     def check(self) -> None:
         _require(self.vocab_size >= 16, "vocab_size", "must be >= 16")
+        _require(self.path is not None or self.vocab_size > TRAINED_VOCAB_FLOOR, "vocab_size",
+                 f"vocab_size={self.vocab_size} is too small to train a tokenizer: its 256 "
+                 f"byte-fallback pieces and 8 control and reasoning pieces come first, then "
+                 f"the corpus's characters; use more than {TRAINED_VOCAB_FLOOR}")
         _require(self.train_documents > 0, "train_documents", "must be > 0")
 
 

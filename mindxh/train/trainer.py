@@ -146,6 +146,12 @@ class _Session:
     @classmethod
     def open(cls, recipe: Recipe, out: Path, resume: bool) -> _Session:
         run_dir = RunDir.open(out, recipe, resume)
+        latest = run_dir.latest
+        if recipe.train.init_from and latest is None:  # before the tokenizer is trained
+            try:
+                warmstart.resolve(recipe.train.init_from)
+            except warmstart.InitFromError as exc:
+                raise TrainingError(str(exc)) from None
         if not run_dir.lead:
             runtime.barrier()  # rank 0 trains or checks the tokenizer first; the others load it
         tok = prepare_tokenizer(recipe, out)
@@ -153,10 +159,7 @@ class _Session:
             runtime.barrier()
         r = _resolve(recipe, tok)
         recipe_text = recipe_to_yaml(r)
-        latest = run_dir.latest
         try:  # data and init_from problems (missing, damaged, mismatched) surface before compute
-            if r.train.init_from and latest is None:
-                warmstart.resolve(r.train.init_from)
             source = train_source(r, tok, run_dir.rank)
             # every rank evaluates the whole global batch, so all report the same held-out loss
             eval_batches = heldout_batches(r, tok)
