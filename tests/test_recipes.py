@@ -156,6 +156,7 @@ def test_bad_override_is_named():
     msg = error_of(TINY, ["model.num_kv_heads=3"])
     assert "--set model.num_kv_heads=3" in msg
     assert "--set" in error_of(TINY, ["train.nope=1"])
+    assert "(--set nosuch.key=1)" in error_of(TINY, ["nosuch.key=1"])  # an unknown section
     assert "expected section.key=value" in error_of(TINY, ["justakey"])
 
 

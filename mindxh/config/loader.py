@@ -133,11 +133,12 @@ def _apply_override(data: dict, sources: Sources, override: str) -> None:
 
 
 def _where(sources: Sources, key: str) -> str:
+    below = next((v for k, v in sources.items() if k.startswith((f"{key}.", f"{key}["))), None)
     while key:
         if key in sources:
             return f" ({sources[key]})"
         key = key[:max(key.rfind("."), key.rfind("["), 0)]  # up one level: a.b[1].c -> a.b[1] -> a.b
-    return ""
+    return f" ({below})" if below else ""  # an unknown section named only by the keys under it
 
 
 def _override_text(sources: Sources, dotted: str) -> str | None:
