@@ -316,6 +316,10 @@ def test_bad_arguments_name_the_problem(tmp_path, tok_path):
         prepare([tmp_path / "a.csv"], tmp_path / "o", tok_path, seq_len=8)
     with pytest.raises(PrepareError, match=r"missing\.jsonl: input file not found"):
         prepare([tmp_path / "missing.jsonl"], tmp_path / "o", tok_path, seq_len=8)
+    (tmp_path / "shards.jsonl").mkdir()
+    for folder in (tmp_path, tmp_path / "shards.jsonl"):
+        with pytest.raises(PrepareError, match="is a directory; give the files in it"):
+            prepare([folder], tmp_path / "o", tok_path, seq_len=8)
     (tmp_path / "t.txt").write_text("hello\n")
     with pytest.raises(PrepareError, match=r"t\.txt: plain text is pretraining data"):
         prepare([tmp_path / "t.txt"], tmp_path / "o", tok_path, kind="sft", seq_len=8, workers=0)

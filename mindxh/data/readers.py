@@ -109,6 +109,8 @@ def input_format(path: str | Path) -> tuple[str, bool]:
 
 def check_input(path: str | Path, kind: str) -> None:
     """Fail before any work on a file that cannot hold ``kind`` records at all."""
+    if Path(path).is_dir():
+        raise PrepareError(f"{path}: is a directory; give the files in it (e.g. {path}/*.jsonl)")
     fmt, _ = input_format(path)
     if not Path(path).is_file():
         raise PrepareError(f"{path}: input file not found")
