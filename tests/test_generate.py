@@ -92,6 +92,25 @@ def test_cached_logits_equal_recomputing_the_whole_sequence(name, window, graph_
                                    err_msg=f"decode step {step}")
 
 
+def test_prefill_over_its_own_block_equals_attending_over_the_whole_cache(graph_mode):
+    """`prefill` attends over the prompt block's own keys; the general call attends over the
+    whole cache through the position mask. Same logits, same cache writes."""
+    from mindxh.models.llama.cache import CachedDecoder
+
+    ms = graph_mode
+    model = _model("llama-gqa")
+    own, whole = (CachedDecoder(model, BATCH, MAX_LEN - 1) for _ in range(2))
+    rng = np.random.default_rng(1)
+    block = ms.Tensor(rng.integers(0, VOCAB, (BATCH, 16)).astype(np.int32))
+    positions = ms.Tensor(np.tile(np.arange(16, dtype=np.int32), (BATCH, 1)))
+    last = ms.Tensor(np.array([15, 3, 0, 9], np.int32))
+    np.testing.assert_allclose(own.prefill(block, positions, last).asnumpy(),
+                               whole(block, positions, last).asnumpy(), atol=1e-6, rtol=0)
+    for a, b in zip(own.caches, whole.caches):
+        assert np.array_equal(a.k.asnumpy(), b.k.asnumpy()) and np.array_equal(a.v.asnumpy(), b.v.asnumpy())
+        assert np.abs(a.k.asnumpy()[:, :, :16]).min() > 0  # the block was written
+
+
 def test_cached_cell_runs_the_decoders_own_weights_under_their_own_names(graph_mode):
     """The cache cell adds only its caches; the Decoder's parameters keep their names (a
     checkpoint loads into either) and are shared, so a weight update reaches generation."""
