@@ -94,10 +94,13 @@ def test_cross_section_check(tmp_path):
 
 def test_sft_rows_must_fit_the_model_when_the_pipeline_post_trains(tmp_path):
     r = write(tmp_path, "r.yaml", "model:\n  max_seq_len: 128\nsft:\n  seq_len: 256\n")
-    msg = error_of(r)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(r, pipeline=True)
+    msg = str(exc.value)
     assert "sft.seq_len" in msg and "line 4" in msg and "max_seq_len=128" in msg
-    # a pipeline without the post-training stages (or `mindxh train` on such a recipe) is fine
-    assert load_recipe(r, ["pipeline.stages=[tokenizer,pretrain]"]).sft.seq_len == 256
+    # a pipeline without the post-training stages, or any other command, reads no sft key
+    assert load_recipe(r, ["pipeline.stages=[tokenizer,pretrain]"], pipeline=True)
+    assert load_recipe(r).sft.seq_len == 256
 
 
 def test_duplicate_keys_are_errors_not_silently_the_last(tmp_path):

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     if args.output_dir is not None:
         overrides.append(f"output_dir={args.output_dir}")
-    recipe = load_recipe(args.recipe, overrides)
+    recipe = load_recipe(args.recipe, overrides, pipeline=True)
 
     # imported here, not at module load: the stages pull in the training, GRPO and export code,
     # which `mindxh --help` and the other commands need not load

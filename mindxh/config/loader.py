@@ -279,10 +279,12 @@ def _build(cls: type, data: Any, prefix: str, sources: Sources) -> Any:
     return obj
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe file (following `base:`), apply `--set` overrides, validate everything."""
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                pipeline: bool = False) -> Recipe:
+    """Read a recipe file (following `base:`), apply `--set` overrides, validate everything
+    (with `pipeline`, also what only `mindxh pipeline` reads: Recipe.pipeline_checks)."""
     data, sources = _load_with_bases(Path(path))
-    return _finish(data, sources, overrides)
+    return _finish(data, sources, overrides, pipeline)
 
 
 def load_recipe_text(text: str, where: str | Path,
@@ -305,20 +307,23 @@ def load_recipe_and_plan_problems(path: str | Path, overrides: list[str] | tuple
     return recipe, problems
 
 
-def _finish(data: dict, sources: Sources, overrides: list[str] | tuple[str, ...]) -> Recipe:
-    recipe, problems = _build_checked(data, sources, overrides)
+def _finish(data: dict, sources: Sources, overrides: list[str] | tuple[str, ...],
+            pipeline: bool = False) -> Recipe:
+    recipe, problems = _build_checked(data, sources, overrides, pipeline)
     if problems:
         head = f"{len(problems)} problems:\n  " if len(problems) > 1 else ""
         raise RecipeError(head + "\n  ".join(problems))
     return recipe
 
 
-def _build_checked(data: dict, sources: Sources, overrides: list[str] | tuple[str, ...]
-                   ) -> tuple[Recipe, list[str]]:
+def _build_checked(data: dict, sources: Sources, overrides: list[str] | tuple[str, ...],
+                   pipeline: bool = False) -> tuple[Recipe, list[str]]:
     for override in overrides:
         _apply_override(data, sources, override)
     recipe = _build(Recipe, data, "", sources)
     try:
+        if pipeline:
+            recipe.pipeline_checks()
         recipe.cross_checks()
     except InvalidValues as exc:  # every broken rule of the parallel plan, one line each
         return recipe, [f"{p.key}{_where(sources, p.key)}: {p.message}" for p in exc.problems]

@@ -337,11 +337,6 @@ class Recipe:
         m, t = self.model, self.train
         _require(t.seq_len <= m.max_seq_len, "train.seq_len",
                  f"seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
-        post = [s for s in ("sft", "grpo", "controls", "eval") if s in self.pipeline.stages]
-        _require(not post or self.sft.seq_len <= m.max_seq_len, "sft.seq_len",
-                 f"seq_len={self.sft.seq_len} exceeds model.max_seq_len={m.max_seq_len}, and the "
-                 f"pipeline's {', '.join(post)} stage(s) train and generate in rows of sft.seq_len "
-                 "tokens; lower it or leave those stages out of pipeline.stages")
         self._check_peak_device()
         if self.tokenizer.path is None:
             for used, key in ((self.data.source == "prepared", "data.source"),
@@ -356,6 +351,17 @@ class Recipe:
         problems = parallel_problems(self)
         if problems:
             raise InvalidValues(problems)
+
+    def pipeline_checks(self) -> None:
+        """Checks for `mindxh pipeline` only: the post-training sections are read there alone
+        (a recipe for `mindxh train`, or a converted model's, may leave them at defaults that
+        do not fit its model)."""
+        m = self.model
+        post = [s for s in ("sft", "grpo", "controls", "eval") if s in self.pipeline.stages]
+        _require(not post or self.sft.seq_len <= m.max_seq_len, "sft.seq_len",
+                 f"seq_len={self.sft.seq_len} exceeds model.max_seq_len={m.max_seq_len}, and the "
+                 f"pipeline's {', '.join(post)} stage(s) train and generate in rows of sft.seq_len "
+                 "tokens; lower it or leave those stages out of pipeline.stages")
 
     def _check_peak_device(self) -> None:
         from mindxh.config.hardware import PEAK_FLOPS, lookup_peak
