@@ -108,6 +108,22 @@ def test_a_damaged_export_is_an_error_naming_the_file(exported, tmp_path, damage
         read_manifest(copy)
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"max_len": 500}, "do not fit the graphs' .*-column cache"),
+    ({"graphs": "x"}, "'graphs' or the sizes are not as"),
+])
+def test_an_edited_manifest_is_refused(exported, tmp_path, edit, message):
+    """The sizes are read from the manifest (not hashed): they must agree with the graphs'
+    signature, or generation would run past the cache and give wrong tokens silently."""
+    _, out = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, **edit}))
+    with pytest.raises(ExportedModelError, match=message):
+        read_manifest(copy)
+
+
 def test_cli_reports_a_damaged_export_and_bad_options(exported, tmp_path):
     run, out = exported
     copy = tmp_path / "copy"
@@ -117,6 +133,30 @@ def test_cli_reports_a_damaged_export_and_bad_options(exported, tmp_path):
     assert res.returncode == 2 and "decode.mindir has 11 bytes" in res.stderr
     res = run_cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "x"), "--max-len", "9999")
     assert res.returncode == 2 and "max_len=9999 must be in 2..257" in res.stderr
+
+
+def test_export_overwrites_only_an_export_and_a_failed_one_keeps_the_last(exported, tmp_path):
+    run, out = exported
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "tokenizer.json").write_text("MY NOTES")
+    for extra in ((), ("notes.txt",)):
+        for name in extra:
+            (mine / name).write_text("x")
+        res = run_cli("export", "--checkpoint", str(run), "--out", str(mine))
+        assert res.returncode == 2 and "not empty and not an earlier export" in res.stderr
+        assert (mine / "tokenizer.json").read_text() == "MY NOTES"
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    # tolerance 0 fails the full-forward check (reordered sums differ by ~1e-5) after the
+    # graphs were written: the earlier export must be intact, and no staging folder left
+    res = run_cli("export", "--checkpoint", str(run), "--out", str(copy), "--tolerance", "0")
+    assert res.returncode == 2 and "differ from" in res.stderr, res.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    res = run_cli("export", "--checkpoint", str(run), "--out", str(copy))  # re-export: replaced
+    assert res.returncode == 0 and sorted(p.name for p in copy.iterdir()) == sorted(before)
 
 
 def test_qwen_style_model_exports_and_generates_the_same_in_process(tiny_tokenizer, tmp_path):

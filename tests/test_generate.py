@@ -281,3 +281,13 @@ def test_generate_cli_end_to_end(tmp_path, tiny_tokenizer):
     res = run_cli("generate", "--checkpoint", str(run / "checkpoints" / "step-00000099"),
                   "--prompt", "hi")
     assert res.returncode == 2 and "step-00000099 does not exist" in res.stderr
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"prompt": "a\\ud800"}\n')
+    for args, needle in ((["--prompts-file", str(latin1)], "latin1.jsonl, line 2: not UTF-8 text"),
+                         (["--prompts-file", str(surrogate)], "prompt 0 is not valid Unicode"),
+                         (["--prompt", "hi", "--temperature", "nan"], "finite number >= 0")):
+        res = run_cli("generate", "--checkpoint", str(run), *args)
+        assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, \
+            res.stderr[-2000:]

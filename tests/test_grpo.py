@@ -211,6 +211,25 @@ def test_grpo_refuses_a_directory_with_a_previous_run(tmp_path):
     assert isinstance(err.value, MindxhError)
 
 
+def test_grpo_refuses_prompts_without_room_for_their_completions_before_building(tmp_path,
+                                                                             tiny_tokenizer):
+    """A prompt longer than sft.seq_len + 1 - grpo.max_new_tokens stopped a run at its step
+    (after checkpoints); every step's prompts are now drawn ahead and checked first."""
+    from conftest import REPO
+
+    from mindxh.config import load_recipe
+    from mindxh.rl.grpo import GRPOTrainer
+    from mindxh.tokenizer import Tokenizer
+    from mindxh.train.run import TrainingError
+
+    tok = Tokenizer.load(tiny_tokenizer)
+    r = load_recipe(REPO / "recipes" / "tiny" / "x1.yaml", ["grpo.max_new_tokens=100", "grpo.steps=3"])
+    with pytest.raises(TrainingError, match=r"grpo.max_new_tokens=100: the run's longest prompt "
+                                            r"has \d+ tokens.*at most \d+"):
+        GRPOTrainer(r, tok, tmp_path / "sft", tmp_path / "grpo").run([])
+    assert not (tmp_path / "grpo" / "checkpoints").exists()
+
+
 class _IdsTokenizer:
     """Ids as text; stop ids outside the vocabulary, so every row samples all its tokens."""
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 os.environ.setdefault("LOCAL_DEFAULT_PATH", tempfile.mkdtemp(prefix="mindformers-"))  # its logs
-import mindspore as ms  # noqa: E402
 import mindformers  # noqa: E402,F401
+import mindspore as ms  # noqa: E402
 from mindformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from mindformers.utils.convert_utils import ffn_concat_hf2mg, qkv_concat_hf2mg  # noqa: E402
 

@@ -112,7 +112,7 @@ def test_grpo_resumed_from_its_checkpoint_matches_an_uninterrupted_run(toy_run, 
     ms.set_context(mode=ms.GRAPH_MODE)
     tok = Tokenizer.load(out / "tokenizer.model")
     recipe = model_recipe(load_recipe(out / "recipe.yaml"), out / "tokenizer.model", tok.vocab_size)
-    sft = json.loads((out / "stages" / "sft.json").read_text())["checkpoint"]
+    sft = out / json.loads((out / "stages" / "sft.json").read_text())["checkpoint"]  # relative
     val = heldout_problems(1, recipe.sft.level, 2)
 
     def run(steps, where, resume=False):

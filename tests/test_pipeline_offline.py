@@ -2,6 +2,7 @@
 intervals, re-runs decided by recorded inputs (kept, refused or redone), the held-out sets
 and the multi-seed study table. Fast: every stage here is a stand-in."""
 import json
+import re
 
 import pytest
 from conftest import REPO
@@ -56,14 +57,41 @@ def test_a_stage_result_round_trips_through_its_json_file(tmp_path, stage):
     import dataclasses
 
     from mindxh.config import Recipe
-    from mindxh.pipeline.context import Context
+    from mindxh.pipeline.context import Context, _with_paths
 
-    result = dataclasses.replace(_results()[stage], wall_s=1.5)
+    result = dataclasses.replace(_results()[stage], wall_s=1.5)  # its paths are relative
     Context(Recipe(), tmp_path).save(stage, result)
     path = tmp_path / "stages" / f"{stage}.json"
     assert json.loads(path.read_text()) == dataclasses.asdict(result)
-    again = Context(Recipe(), tmp_path).load(stage)
-    assert again == result and type(again) is type(result)
+    again = Context(Recipe(), tmp_path).load(stage)  # paths resolved in the run's directory
+    assert again == _with_paths(result, lambda p: str(tmp_path / p))
+    assert type(again) is type(result)
+
+
+def test_a_moved_run_reads_its_own_files_and_an_outside_path_is_refused(tmp_path):
+    """Results keep paths relative to the run, so a moved or copied run directory never reads
+    the checkpoints of the run it came from; an absolute path outside the run (a result
+    written before paths were relative) is an error naming the stage to redo."""
+    import dataclasses
+    import shutil
+
+    from mindxh.config import Recipe
+    from mindxh.pipeline.context import Context, PipelineError
+    from mindxh.pipeline.results import PretrainResult
+
+    first = tmp_path / "first"
+    result = PretrainResult(checkpoint=str(first / "pretrain" / "ck"), steps=4, loss=2.5,
+                            eval_loss=None, tokens_per_s=100.0)
+    Context(Recipe(), first).save("pretrain", result)
+    assert json.loads((first / "stages" / "pretrain.json").read_text())["checkpoint"] == "pretrain/ck"
+    shutil.move(first, tmp_path / "moved")
+    moved = Context(Recipe(), tmp_path / "moved").load("pretrain")
+    assert moved.checkpoint == str(tmp_path / "moved" / "pretrain" / "ck")
+    old = tmp_path / "old"
+    (old / "stages").mkdir(parents=True)
+    (old / "stages" / "pretrain.json").write_text(json.dumps(dataclasses.asdict(result)))
+    with pytest.raises(PipelineError, match="outside this run's directory.*--restart-from pretrain"):
+        Context(Recipe(), old).load("pretrain")
 
 
 _SFT_JSON = json.dumps({"checkpoint": "x", "step": 2, "val_accuracy": 0.5, "curve": [],
@@ -167,6 +195,27 @@ def test_the_runner_builds_the_report_from_typed_results_and_reloads_them(tmp_pa
     assert runner.run_pipeline(recipe) == first and calls == []
     runner.run_pipeline(recipe, restart_from="eval")
     assert calls == ["eval"]  # export reads the policy, not the evaluation: kept
+
+
+@pytest.mark.parametrize("stages, needle", [
+    ("[tokenizer, pretrain, grpo]", "stage 'grpo' needs stage(s) ['sft']"),
+    ("[tokenizer, eval]", "stage 'eval' needs stage(s) ['sft']"),
+    ("[grpo, sft]", "need the tokenizer"),
+])
+def test_missing_upstream_stages_are_refused_before_any_stage_runs(tmp_path, monkeypatch,
+                                                                   stages, needle):
+    from mindxh.config import load_recipe
+    from mindxh.pipeline import runner
+    from mindxh.pipeline.context import PipelineError
+
+    calls = []
+    monkeypatch.setattr(runner, "STAGE_FUNCTIONS",
+                        {s: (lambda s: lambda ctx: calls.append(s))(s) for s in _results()})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"output_dir: {tmp_path / 'run'}\npipeline:\n  stages: {stages}\n")
+    with pytest.raises(PipelineError, match=re.escape(needle)):
+        runner.run_pipeline(load_recipe(recipe))
+    assert calls == [] and not (tmp_path / "run" / "recipe.yaml").exists()
 
 
 def test_the_report_gives_wilson_intervals_and_a_paired_interval_for_each_gain(tmp_path, monkeypatch):

@@ -149,8 +149,8 @@ def test_mindspore_2_10_successor_reducer_still_fails_without_opt_shard():
 
 def test_batch_not_divisible_by_micro_batches_is_refused_at_load(tmp_path):
     path = tmp_path / "pp.yaml"
-    path.write_text("model: {vocab_size: 64, num_layers: 4, tie_embeddings: false}\n"
-                    "tokenizer: {vocab_size: 64}\n"
+    path.write_text("model: {vocab_size: 512, num_layers: 4, tie_embeddings: false}\n"
+                    "tokenizer: {vocab_size: 512}\n"
                     "train: {batch_size: 6}\n"
                     "parallel: {pipeline: 2, micro_batches: 4}\n")
     with pytest.raises(RecipeError) as exc:

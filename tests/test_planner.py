@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import REPO, run_cli
 
-from mindxh.config.hardware import GiB, PROFILES, lookup_profile
+from mindxh.config.hardware import PROFILES, GiB, lookup_profile
 from mindxh.planner import load_for_plan, make_plan, profile_for
 
 ASCEND = sorted((REPO / "recipes" / "ascend").glob("*.yaml"))

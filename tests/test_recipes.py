@@ -101,6 +101,9 @@ def test_sft_rows_must_fit_the_model_when_the_pipeline_post_trains(tmp_path):
     # a pipeline without the post-training stages, or any other command, reads no sft key
     assert load_recipe(r, ["pipeline.stages=[tokenizer,pretrain]"], pipeline=True)
     assert load_recipe(r).sft.seq_len == 256
+    for key in ("grpo.max_new_tokens", "evaluation.max_new_tokens"):  # no room for a prompt
+        with pytest.raises(RecipeError, match=f"{key} .*leave no room for a prompt"):
+            load_recipe(TINY, [f"{key}=128", "sft.seq_len=128"], pipeline=True)
 
 
 def test_duplicate_keys_are_errors_not_silently_the_last(tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -233,7 +234,7 @@ def _versus(study: Path, base: Path, shared: list[int], diff: list[float]) -> st
 
 def _reuse_sft(source: Path, out: Path) -> None:
     """OUT starts with SOURCE's tokenizer and the results of its tokenizer, pretrain and sft
-    stages (which name their checkpoints by absolute path, so they are read in place). The
+    stages (their folders linked, so the checkpoints are read in place). The
     pipeline still checks their recorded inputs against the recipe: an override that reaches
     them is refused, not silently mixed."""
     missing = [name for name in ("tokenizer.model", "stages/sft.json") if not (source / name).exists()]
@@ -244,7 +245,24 @@ def _reuse_sft(source: Path, out: Path) -> None:
         if (source / name).exists():
             shutil.copy2(source / name, out / name)
     for stage in ("tokenizer", "pretrain", "sft"):
-        shutil.copy2(source / "stages" / f"{stage}.json", out / "stages" / f"{stage}.json")
+        result = json.loads((source / "stages" / f"{stage}.json").read_text())
+        (out / "stages" / f"{stage}.json").write_text(json.dumps(_relative_to(result, source)))
+    for folder in ("pretrain", "sft"):  # the results' paths lead through these links
+        if (source / folder).is_dir():
+            (out / folder).symlink_to((source / folder).resolve(), target_is_directory=True)
+
+
+def _relative_to(result, source: Path):
+    """A stage result (JSON) with paths under `source` made relative to it: stage results
+    name the run's files relative to the run (absolute in results written before 2026-12)."""
+    if isinstance(result, dict):
+        return {k: (os.path.relpath(v, source.resolve()) if k in _PATH_KEYS and isinstance(v, str)
+                    and os.path.isabs(v) and Path(v).is_relative_to(source.resolve())
+                    else _relative_to(v, source)) for k, v in result.items()}
+    return result
+
+
+_PATH_KEYS = {"path", "checkpoint", "data", "metrics", "file"}
 
 
 def main() -> int:

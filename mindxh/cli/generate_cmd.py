@@ -49,9 +49,14 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file is not None:
         try:
-            lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+            data = args.prompts_file.read_bytes()
         except OSError as exc:
             raise PromptError(f"--prompts-file {args.prompts_file}: {exc.strerror}") from None
+        try:
+            lines = data.decode("utf-8-sig").splitlines()
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            raise PromptError(f"{args.prompts_file}, line {line}: not UTF-8 text") from None
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -65,6 +70,13 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
             if not isinstance(item, str):
                 raise PromptError(f'{where}: expected {{"prompt": TEXT}} or a JSON string')
             prompts.append(item)
+    for i, text in enumerate(prompts):  # a lone surrogate: JSON's \ud800, or a non-UTF-8 argv
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PromptError(f"prompt {i} is not valid Unicode text (a lone surrogate at "
+                              f"character {exc.start}; a --prompt in an encoding other than "
+                              "UTF-8?)") from None
     if not prompts:
         raise PromptError("no prompts: pass --prompt TEXT or --prompts-file FILE.jsonl")
     return prompts

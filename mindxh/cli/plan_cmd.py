@@ -27,8 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mindxh.config.loader import RecipeError
-    from mindxh.planner import (load_for_plan, make_plan, profile_for, render,
-                                render_side_by_side, side_by_side_dict)
+    from mindxh.planner import (
+        load_for_plan,
+        make_plan,
+        profile_for,
+        render,
+        render_side_by_side,
+        side_by_side_dict,
+    )
 
     overrides = list(args.overrides)
     recipe, problems = load_for_plan(args.recipe, overrides)

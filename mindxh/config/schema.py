@@ -362,6 +362,11 @@ class Recipe:
                  f"seq_len={self.sft.seq_len} exceeds model.max_seq_len={m.max_seq_len}, and the "
                  f"pipeline's {', '.join(post)} stage(s) train and generate in rows of sft.seq_len "
                  "tokens; lower it or leave those stages out of pipeline.stages")
+        for stage, key, new in (("grpo", "grpo.max_new_tokens", self.grpo.max_new_tokens),
+                                ("eval", "evaluation.max_new_tokens", self.evaluation.max_new_tokens)):
+            _require(stage not in self.pipeline.stages or new < self.sft.seq_len, key,
+                     f"{new} new tokens leave no room for a prompt in rows of sft.seq_len="
+                     f"{self.sft.seq_len} tokens")
 
     def _check_peak_device(self) -> None:
         from mindxh.config.hardware import PEAK_FLOPS, lookup_peak

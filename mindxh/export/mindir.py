@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -98,20 +99,68 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, max_len: int | No
 def export_model(model, tokenizer, out: Path, max_len: int, prompt_bucket: int = 32,
                  source: str | None = None, tolerance: float = 1e-4) -> ExportSummary:
     """Write prefill/decode MindIR, the tokenizer and the manifest into `out`, checked."""
-    import mindspore as ms
-
-    from mindxh.models.llama.cache import DecodeStep, PrefillStep
-
     cfg = model.cfg
     if not 2 <= max_len <= cfg.max_seq_len + 1:
         raise ExportError(f"max_len={max_len} must be in 2..{cfg.max_seq_len + 1} (the model's "
                           f"max_seq_len={cfg.max_seq_len} + 1)")
     if prompt_bucket < 1:
         raise ExportError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
+    if not 0 <= tolerance < float("inf"):
+        raise ExportError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    final = out
+    out = _staging_dir(final)  # filled and checked here, then swapped in: a failed export
+    try:                       # leaves `final` (a previous export, or nothing) untouched
+        summary = _export_into(model, tokenizer, out, max_len, prompt_bucket, source, tolerance)
+        _publish(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    sizes = summary.files
+    log.info("exported %s: %s; reloaded logits within %.2g of the live model; export %.1fs + "
+             "%.1fs, check %.1fs", final, ", ".join(f"{n} {b / 1e6:.2f} MB" for n, b in sizes.items()),
+             summary.max_abs_diff, summary.timings_s["prefill_export"],
+             summary.timings_s["decode_export"], summary.timings_s["verify"])
+    return dataclasses.replace(summary, directory=final, manifest=final / MANIFEST_FILE)
+
+
+_EXPORT_FILES = {PREFILL_FILE, DECODE_FILE, MANIFEST_FILE, "tokenizer.model", "tokenizer.json",
+                 "tokenizer_config.json"}
+
+
+def _staging_dir(out: Path) -> Path:
+    """A hidden sibling of `out` to export into. `out` must be absent, empty, or an earlier
+    export (an export's files only, graphs or manifest among them): anything else would be
+    overwritten or mixed with graphs."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; the export needs a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # until the new files are checked
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    foreign = sorted(names - _EXPORT_FILES)
+    if foreign or names and not names & {MANIFEST_FILE, PREFILL_FILE, DECODE_FILE}:
+        shown = ", ".join((foreign or sorted(names))[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ExportError(f"{out} is not empty and not an earlier export ({shown}); choose "
+                          "another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the checked export in; a previous one is removed only once the new one is there."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(model, tokenizer, out: Path, max_len: int, prompt_bucket: int,
+                 source: str | None, tolerance: float) -> ExportSummary:
+    import mindspore as ms
+
+    from mindxh.models.llama.cache import DecodeStep, PrefillStep
+
+    cfg = model.cfg
     model.set_train(False)
     cache_len = max_len - 1
     sigs = signatures(cfg, cache_len)
@@ -156,10 +205,7 @@ def export_model(model, tokenizer, out: Path, max_len: int, prompt_bucket: int =
     }
     manifest_path = atomic_write_json(out / MANIFEST_FILE, manifest)
     sizes = {n: f["bytes"] for n, f in files.items()}
-    log.info("exported %s: %s; reloaded logits within %.2g of the live model (%.2g of a full "
-             "forward pass); export %.1fs + %.1fs, check %.1fs", out,
-             ", ".join(f"{n} {b / 1e6:.2f} MB" for n, b in sizes.items()), diff, diff_full,
-             timings["prefill_export"], timings["decode_export"], timings["verify"])
+    log.debug("full-forward check of the export: within %.2g", diff_full)
     return ExportSummary(out, manifest_path, sizes, diff, timings)
 
 

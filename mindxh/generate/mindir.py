@@ -76,7 +76,29 @@ def read_manifest(directory: str | Path) -> dict:
         raise ExportedModelError(f"{path}: 'files' must map file names to {{bytes, sha256}}")
     for name, entry in files.items():
         _verify(d / name, entry)
+    _check_shapes(manifest, path)
     return manifest
+
+
+def _check_shapes(manifest: dict, path: Path) -> None:
+    """The manifest's sizes agree with its graphs' signatures (the cache they were exported
+    with): an edited max_len would otherwise let generation run past the cache, silently."""
+    graphs = manifest["graphs"]
+    try:
+        files = {name: graphs[name]["file"] for name in ("prefill", "decode")}
+        cache_shape = graphs["decode"]["inputs"][2]["shape"]  # k_cache [L, B, KV, T, D]
+        cache_len = int(cache_shape[3])
+        sizes = (int(manifest["max_len"]), int(manifest["cache_len"]),
+                 int(manifest["prompt_bucket"]), int(manifest["model"]["vocab_size"]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ExportedModelError(f"{path}: 'graphs' or the sizes are not as `mindxh export` writes "
+                                 "them (edited?); export again") from None
+    if not all(n in manifest["files"] for n in files.values()):
+        raise ExportedModelError(f"{path}: the graphs {sorted(files.values())} must be among "
+                                 "its checked 'files'; export again")
+    if not sizes[0] - 1 == sizes[1] == cache_len or sizes[2] < 1:
+        raise ExportedModelError(f"{path}: max_len={sizes[0]} and cache_len={sizes[1]} do not fit "
+                                 f"the graphs' {cache_len}-column cache (edited?); export again")
 
 
 def _verify(path: Path, entry: dict) -> None:

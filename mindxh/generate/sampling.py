@@ -7,6 +7,7 @@ index), so a prompt's completion does not depend on which other prompts share it
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,9 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise SamplingError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise SamplingError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # NaN fails too (it sampled token 0 forever)
+            raise SamplingError(f"temperature must be a finite number >= 0 (0 is greedy), got "
+                                f"{self.temperature}")
         if self.top_k < 0:
             raise SamplingError(f"top_k must be >= 0 (0 is off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:

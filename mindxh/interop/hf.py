@@ -53,11 +53,14 @@ FINETUNE_LR = 1e-5
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConversionError(f"{path} is missing") from None
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{path}: unreadable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
@@ -69,6 +72,8 @@ def read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
             raise ConversionError(f"{index}: no 'weight_map' object")
         by_file: dict[str, list[str]] = {}
         for name, fname in weight_map.items():
+            if not isinstance(fname, str):
+                raise ConversionError(f"{index}: weight_map['{name}'] is {fname!r}, not a file name")
             by_file.setdefault(fname, []).append(name)
         tensors = {}
         for fname, wanted in sorted(by_file.items()):

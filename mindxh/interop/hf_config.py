@@ -116,6 +116,12 @@ def model_config_from_hf(cfg: dict, where: str | Path = "config.json",
             raise UnsupportedConfigError(f"{where}: field '{key}' is missing or not an integer")
     heads = cfg["num_attention_heads"]
     head_dim = get("head_dim")
+    for key in ("max_position_embeddings", "rope_theta", "rms_norm_eps", "initializer_range"):
+        value = get(key) if key != "initializer_range" else cfg.get(key, 0.02)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UnsupportedConfigError(f"{where}: field '{key}' is {value!r}, not a number")
+    if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int)):
+        raise UnsupportedConfigError(f"{where}: field 'head_dim' is {head_dim!r}, not an integer")
     positions = int(get("max_position_embeddings"))
     return ModelConfig(
         vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],

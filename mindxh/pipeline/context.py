@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -63,8 +64,10 @@ class Context:
         return found
 
     def save(self, stage: str, result: StageResult) -> None:
-        """Keep a finished stage's result, in memory and in OUT/stages/<stage>.json."""
-        atomic_write_json(self.result_file(stage), dataclasses.asdict(result), sort_keys=True)
+        """Keep a finished stage's result, in memory and in OUT/stages/<stage>.json. The file
+        holds its paths relative to OUT, so a moved or copied run reads its own files."""
+        relative = _with_paths(result, lambda p: _relative(p, self.out))
+        atomic_write_json(self.result_file(stage), dataclasses.asdict(relative), sort_keys=True)
         self.results[stage] = result
 
     def load(self, stage: str) -> StageResult:
@@ -75,5 +78,44 @@ class Context:
         except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             raise PipelineError(f"{path}: stale or unreadable result of stage '{stage}' ({exc}); "
                                 f"redo that stage with --restart-from {stage}") from None
+
+        def absolute(p: str) -> str:
+            full = self.out / p  # an absolute p (results written before 2026-12) stays as is
+            if not _inside(full, self.out):
+                raise PipelineError(
+                    f"{path}: stage '{stage}' points at {p}, outside this run's directory "
+                    f"{self.out} (a run moved or copied before its results were relative): its "
+                    f"files could be another run's; redo it with --restart-from {stage}")
+            return str(full)
+
+        result = _with_paths(result, absolute)
         self.results[stage] = result
         return result
+
+
+# the fields of stage results that hold paths of the run's own files
+_PATH_FIELDS = frozenset({"path", "checkpoint", "data", "metrics", "file"})
+
+
+def _with_paths(obj, change):
+    """A copy of a result with `change` applied to its path fields (nested results too)."""
+    updates = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in _PATH_FIELDS and isinstance(value, str):
+            updates[f.name] = change(value)
+        elif dataclasses.is_dataclass(value):
+            updates[f.name] = _with_paths(value, change)
+    return dataclasses.replace(obj, **updates)
+
+
+def _inside(path: Path, out: Path) -> bool:
+    """Whether `path` is under `out` as written (symlinks not followed: a stage folder may be
+    a link to another run's, as `tools/x1_study.py --reuse-sft` makes them)."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(out))
+
+
+def _relative(path: str, out: Path) -> str:
+    if not _inside(Path(path), out):
+        return path
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(out))

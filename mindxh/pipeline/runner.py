@@ -101,6 +101,23 @@ def _record_recipe(recipe: Recipe, out: Path) -> None:
     atomic_write(recipe_file, text)
 
 
+def _check_prerequisites(ctx: Context, order: list[str]) -> None:
+    """Before any stage runs: each one's indispensable upstream stages are in the list (a
+    stage left out is not read back, even if an earlier run finished it)."""
+    needs = {"grpo": ["sft"], "controls": ["sft"], "eval": ["sft"], "export": ["sft"]}
+    if ctx.recipe.pipeline.control_more_sft:
+        needs["controls"].append("grpo")  # it spends GRPO's wall time on more SFT
+    for stage in order:
+        missing = [up for up in needs.get(stage, []) if up not in order]
+        if missing:
+            raise PipelineError(f"pipeline.stages: stage '{stage}' needs stage(s) {missing}, "
+                                "which the list leaves out; add them")
+    later = [s for s in order if s != "tokenizer"]
+    if later and "tokenizer" not in order and not ctx.tokenizer_path.is_file():
+        raise PipelineError(f"pipeline.stages: {later} need the tokenizer, and "
+                            f"{ctx.tokenizer_path} does not exist; add 'tokenizer' to the list")
+
+
 def run_pipeline(recipe: Recipe, restart_from: str | None = None) -> dict:
     """Run the recipe's pipeline.stages in order; returns the report dict."""
     out = Path(recipe.output_dir)
@@ -109,6 +126,7 @@ def run_pipeline(recipe: Recipe, restart_from: str | None = None) -> dict:
     ctx = Context(recipe, out)
     if restart_from is not None and restart_from not in order:
         raise PipelineError(f"--restart-from {restart_from}: not one of this recipe's stages {order}")
+    _check_prerequisites(ctx, order)
     current = stage_inputs(recipe, order)
     redo = dependents(restart_from, order) if restart_from is not None else []
     _check_kept(ctx, order, current, redo, restart_from)

@@ -23,8 +23,12 @@ from dataclasses import dataclass
 
 from mindxh.models.accounting import training_flops_per_token
 from mindxh.planner.comm import CommLine
-from mindxh.planner.params import (layer_parameters, parameter_counts, routed_slots_per_token,
-                                   stage_layers)
+from mindxh.planner.params import (
+    layer_parameters,
+    parameter_counts,
+    routed_slots_per_token,
+    stage_layers,
+)
 from mindxh.planner.setup import Setup
 
 __all__ = ["Estimate", "estimate"]

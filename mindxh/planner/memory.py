@@ -27,8 +27,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mindxh.planner.params import (layer_parameters, routed_slots_per_token,
-                                   stage_expert_parameters, stage_layers, stage_parameters)
+from mindxh.planner.params import (
+    layer_parameters,
+    routed_slots_per_token,
+    stage_expert_parameters,
+    stage_layers,
+    stage_parameters,
+)
 from mindxh.planner.setup import Setup
 
 __all__ = ["StageMemory", "activation_elements", "comm_groups", "fullest_stage", "stage_memory"]

@@ -35,7 +35,7 @@ from mindxh.rl.rollout import (
 from mindxh.tasks.mix import RLStream, prompt_ids
 from mindxh.tokenizer import Tokenizer
 from mindxh.train.metrics import peak_rss_mb
-from mindxh.train.run import Run, RunDir, check_finite
+from mindxh.train.run import Run, RunDir, TrainingError, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,24 @@ class _Policy:
         return stats
 
 
+def _check_prompt_room(r: Recipe, tok: Tokenizer, row_len: int, validation) -> None:
+    """Every prompt of the run (each step's, drawn ahead from the same stream, and the
+    validation problems) leaves room for grpo.max_new_tokens within sft.seq_len + 1, checked
+    before anything is built: a longer one would stop the run at its step."""
+    g = r.grpo
+    stream = RLStream(r.data.tasks, r.seed, r.sft.level, g.prompts_per_step)
+    problems = [p for _ in range(g.steps) for p in stream.take()] + list(validation)
+    if not problems:
+        return
+    longest = max(len(prompt_ids(tok, p)) for p in problems)
+    if longest > row_len + 1 - g.max_new_tokens:
+        raise TrainingError(
+            f"grpo.max_new_tokens={g.max_new_tokens}: the run's longest prompt has {longest} "
+            f"tokens, and prompt + completion must fit sft.seq_len + 1 = {row_len + 1}; lower "
+            f"grpo.max_new_tokens to at most {row_len + 1 - longest} or raise sft.seq_len to at "
+            f"least {longest + g.max_new_tokens - 1}")
+
+
 @dataclass(frozen=True)
 class _Session:
     """Everything one `GRPOTrainer.run` needs, built whole before its first step."""
@@ -138,9 +156,11 @@ class _Session:
     problems: RLStream
 
     @classmethod
-    def open(cls, r: Recipe, tok: Tokenizer, init_from: Path, out: Path, resume: bool) -> _Session:
+    def open(cls, r: Recipe, tok: Tokenizer, init_from: Path, out: Path, resume: bool,
+             validation: list = ()) -> _Session:
         run_dir = RunDir.open(out, r, resume)  # graph mode and seed, before any cell is built
         row_len = r.sft.seq_len
+        _check_prompt_room(r, tok, row_len, validation)
         policy = _Policy.build(r, tok, init_from, row_len)
         problems = RLStream(r.data.tasks, r.seed, r.sft.level, r.grpo.prompts_per_step)
         run = run_dir.start(recipe_to_yaml(r), policy.model, policy.optimizer,
@@ -217,7 +237,7 @@ class GRPOTrainer:
 
     def run(self, validation: list) -> GRPOResult:
         start = time.perf_counter()
-        s = _Session.open(self.r, self.tok, self.init_from, self.out, self.resume)
+        s = _Session.open(self.r, self.tok, self.init_from, self.out, self.resume, validation)
         run, g = s.run, self.g
         step = run.step
         accuracy = None
