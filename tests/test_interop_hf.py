@@ -233,6 +233,11 @@ def test_bad_tensors_are_named(edit, needle, tmp_path):
     ("attention_bias", True, "'attention_bias'"),
     ("mlp_bias", True, "'mlp_bias'"),
     ("quantization_config", {"quant_method": "gptq"}, "'quantization_config'"),
+    # malformed values: errors naming the field, not tracebacks
+    ("rope_theta", "abc", "'rope_theta' is 'abc', not a number"),
+    ("rms_norm_eps", None, "'rms_norm_eps' is None, not a number"),
+    ("max_position_embeddings", None, "'max_position_embeddings' is None"),
+    ("head_dim", 4.5, "'head_dim' is 4.5, not an integer"),
 ])
 def test_unsupported_config_fields_are_named(key, value, named, tmp_path):
     variant = "qwen2-bias" if key == "use_sliding_window" else "llama-gqa"
@@ -240,6 +245,13 @@ def test_unsupported_config_fields_are_named(key, value, named, tmp_path):
     path = tmp_path / "hf" / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
     with pytest.raises(ConversionError, match=named.replace(".", r"\.")):
+        hf_to_mindxh(tmp_path / "hf", tmp_path / "mx")
+
+
+def test_json_files_of_the_wrong_shape_are_named(tmp_path):
+    make_hf(tmp_path / "hf", "llama-gqa")
+    (tmp_path / "hf" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConversionError, match="config.json: expected a JSON object, got list"):
         hf_to_mindxh(tmp_path / "hf", tmp_path / "mx")
 
 
