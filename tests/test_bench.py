@@ -146,15 +146,19 @@ def test_markdown_renders_every_row_kind(tmp_path, monkeypatch):
     assert report.machine_info()["cores"] >= 1
 
 
-def test_cli_options_are_validated():
+def test_cli_options_are_validated(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
     bench_cmd.register(parser.add_subparsers())
     opts = bench_cmd.options(parser.parse_args(["bench", "--configs", "tiny", "--gen-new", "64"]))
     assert opts.configs == ["tiny"] and opts.gen_new == [64] and opts.peers == list(spec.TRAIN_PEERS)
+    (tmp_path / "afile").write_text("x")
     for bad in (["--configs", "huge"], ["--peers", "jax"], ["--only", "eval"], ["--repeats", "0"],
-                ["--gen-batch", "x"]):
+                ["--gen-batch", "x"], ["--timeout", "0"], ["--out", str(tmp_path / "afile")]):
         with pytest.raises(bench_cmd.BenchError):
             bench_cmd.options(parser.parse_args(["bench", *bad]))
+    # the children run in the repository root: a relative --out is made absolute here
+    monkeypatch.chdir(tmp_path)
+    assert bench_cmd.options(parser.parse_args(["bench", "--out", "rel"])).out == str(tmp_path / "rel")
 
 
 def test_tools_forward_to_the_cli(monkeypatch):

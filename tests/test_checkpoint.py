@@ -155,6 +155,19 @@ def test_corrupt_state_names_file(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+def test_a_step_that_disagrees_with_its_directory_is_refused(tmp_path: Path) -> None:
+    """An edited state.json saying step 4 in step-00000010 would rewind a resume over the
+    later metrics and checkpoints."""
+    path = _save(tmp_path, 10)
+    payload = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps({**payload, "step": 4}))
+    with pytest.raises(CheckpointError, match="says step 4, but its directory is step-00000010"):
+        load_checkpoint(path)
+    (path / "state.json").write_text(json.dumps({**payload, "state": [1, 2]}))
+    with pytest.raises(CheckpointError, match="'state' is not an object"):
+        load_checkpoint(path)
+
+
 def test_clean_restores_set_aside_checkpoint(tmp_path: Path) -> None:
     """Crash between 'rename old aside' and 'rename new in' keeps the old copy."""
     path = _save(tmp_path, 9)

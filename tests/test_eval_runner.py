@@ -80,3 +80,17 @@ def test_humaneval_reports_pass_at_k_over_samples(tiny_run, tmp_path):
     assert len(rows) == 4 and {r["task_id"] for r in rows} == {"HumanEval/0", "HumanEval/1"}
     assert all(r["passed"] is False for r in rows)  # a 2-step model writes no working Python
     assert "pass@1 0.0000, pass@2 0.0000" in res.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--limit", "-1"], "--limit must be >= 1"),
+    (["--out", "{tmp}"], "is a directory; give a file name"),
+    (["--out", "{tmp}/afile/o.jsonl"], "afile is a file, not a directory"),
+])
+def test_bad_options_are_refused_before_the_model_generates(tiny_run, tmp_path, args, needle):
+    (tmp_path / "afile").write_text("x")
+    res = run_cli("eval", "arith", "--checkpoint", str(tiny_run),
+                  *[a.format(tmp=tmp_path) for a in args])
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, \
+        res.stderr[-2000:]

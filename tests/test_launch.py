@@ -84,8 +84,25 @@ def test_plan_sets_data_parallel_and_refuses_mismatches(tmp_path):
     assert job.log_dir == (tmp_path / "run" / "logs").resolve()
     same = plan_train(2, str(TINY), overrides=["parallel.data_parallel=2"], script="w.py")
     assert same.args[0] == "w.py" and same.args.count("parallel.data_parallel=2") == 1
-    with pytest.raises(LaunchUsageError, match="parallel.data_parallel=3 but --nproc is 2"):
+    with pytest.raises(LaunchUsageError, match="= 3 devices but --nproc is 2; pass --nproc 3"):
         plan_train(2, str(TINY), overrides=["parallel.data_parallel=3"])
+    # tensor and pipeline parallel: --nproc counts every device, data parallel the replicas
+    mindspeed = str(REPO / "recipes" / "ascend" / "llama2-7b-910b-mindspeed.yaml")  # 4 x 1 x 2
+    assert not any("data_parallel" in a for a in plan_train(8, mindspeed).args)
+    with pytest.raises(LaunchUsageError, match="= 8 devices but --nproc is 4; pass --nproc 8"):
+        plan_train(4, mindspeed)
+    big = str(REPO / "recipes" / "ascend" / "llama2-70b-910b.yaml")  # 1 x 8 x 4
+    assert not any("data_parallel" in a for a in plan_train(32, big).args)
+    assert plan_train(64, big).args[-2:] == ["--set", "parallel.data_parallel=2"]
+    with pytest.raises(LaunchUsageError, match="--nproc 48 is not a multiple of .* = 32"):
+        plan_train(48, big)
+    done = tmp_path / "done"  # refused before msrun starts (and rotates the run's logs)
+    done.mkdir()
+    (done / "metrics.jsonl").write_text('{"step": 2}\n')
+    with pytest.raises(LaunchUsageError, match="already holds a run; pass --resume"):
+        plan_train(2, str(TINY), output_dir=str(done))
+    assert plan_train(2, str(TINY), output_dir=str(done), resume=True).args[-2:] == \
+        ["--set", "parallel.data_parallel=2"]
     with pytest.raises(LaunchUsageError, match="at least 2 ranks"):
         plan_train(1, str(TINY))
 

@@ -277,6 +277,12 @@ def test_a_parallel_plan_names_every_broken_rule_at_once():
     assert "(--set parallel.tensor=3)" in msg
 
 
+def test_vocab_parallel_checks_the_tokenizers_size_when_the_model_follows_it():
+    msg = error_of(TINY, ["parallel.tensor=2", "parallel.vocab_parallel=true",
+                          "tokenizer.vocab_size=511"])
+    assert "tensor=2 does not divide tokenizer.vocab_size=511" in msg
+
+
 def test_a_valid_plan_and_its_device_count():
     r = load_recipe(TINY, ["parallel.tensor=2", "parallel.pipeline=2", "parallel.micro_batches=4",
                            "parallel.data_parallel=4", "cluster.devices=16",

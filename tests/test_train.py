@@ -184,6 +184,51 @@ def test_tokenizer_problems_are_one_line_errors(tmp_path, override, needle):
     assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_second_training_in_a_running_directory_is_refused(tmp_path, tiny_tokenizer):
+    """Two trainings in one directory wrote every step twice and pruned each other's
+    checkpoints; the run directory is locked while a run trains."""
+    import fcntl
+    import os
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # stands for another process training there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = _train(out, tiny_tokenizer, "--max-steps", "2")
+        assert res.returncode == 2 and "another process is training in this directory" in res.stderr
+        assert not (out / "metrics.jsonl").exists() and "Traceback" not in res.stderr
+    finally:
+        os.close(fd)
+    assert _train(out, tiny_tokenizer, "--max-steps", "2").returncode == 0
+
+
+def test_resume_survives_a_torn_metrics_line_and_a_finished_run_is_left_alone(tmp_path,
+                                                                              tiny_tokenizer):
+    out = tmp_path / "run"
+    assert _train(out, tiny_tokenizer, "--max-steps", "10").returncode == 0
+    recipe = (out / "recipe.yaml").read_text()
+    # a finished run: nothing trained, nothing rewritten, and the summary says so
+    res = _train(out, tiny_tokenizer, "--max-steps", "10", "--resume")
+    assert res.returncode == 0 and "nothing to do" in res.stdout and "loss nan" not in res.stdout
+    res = _train(out, tiny_tokenizer, "--max-steps", "5", "--resume")
+    assert res.returncode == 0 and (out / "recipe.yaml").read_text() == recipe
+    # an append cut short by a kill: the resume drops it, warns, and continues
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 11, "loss": 5.1')
+    res = _train(out, tiny_tokenizer, "--max-steps", "20", "--resume")
+    assert res.returncode == 0 and "a record cut short, dropped" in res.stderr, res.stderr[-2000:]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 20
+    state = out / "checkpoints" / "step-00000020" / "state.json"
+    payload = json.loads(state.read_text())
+    del payload["state"]["data"]
+    state.write_text(json.dumps(payload))
+    res = _train(out, tiny_tokenizer, "--max-steps", "30", "--resume")
+    assert res.returncode == 2 and "not this trainer's state (KeyError" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_metrics_of_a_run_without_checkpoints_are_not_overwritten(tmp_path, tiny_tokenizer):
     out = tmp_path / "early-crash"
     out.mkdir()

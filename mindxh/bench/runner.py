@@ -55,10 +55,11 @@ def run(opts: Namespace, command: str) -> dict:
     if "grpo" in opts.only:
         result["grpo"] = sections.grpo(opts, work)
     probes.append(_peak(work))
-    best = max(p["flops"] for p in probes)
+    top = max(probes, key=lambda p: p["flops"])
+    best = top["flops"]
     for section in result.get("train", []):
         sections.set_mfu(section, best)
-    result["peak"] = {"flops": best, "method": probes[0]["method"],
+    result["peak"] = {"flops": best, "method": top["method"],  # the probe the figure is from
                       "probes_gflops": [round(p["flops"] / 1e9, 1) for p in probes]}
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = time.perf_counter() - t0

@@ -269,6 +269,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         step, state = int(payload["step"]), payload["state"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"corrupt checkpoint file {state_path}: {exc}") from exc
+    named = _FINAL_RE.match(path.name)
+    if named and int(named.group(1)) != step:  # a resume would rewind over later work
+        raise CheckpointError(f"{state_path} says step {step}, but its directory is {path.name}; "
+                              "the checkpoint was edited or mixed up")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"corrupt checkpoint file {state_path}: 'state' is not an object")
     try:
         recipe_text = (path / RECIPE_FILE).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

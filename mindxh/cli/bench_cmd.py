@@ -73,6 +73,12 @@ def options(args: argparse.Namespace) -> argparse.Namespace:
             raise BenchError(f"--{name.replace('_', '-')} must be >= 1")
     if not Path(opts.grpo_recipe).is_file() and "grpo" in opts.only:
         raise BenchError(f"--grpo-recipe {opts.grpo_recipe} does not exist")
+    if not opts.timeout > 0:
+        raise BenchError(f"--timeout must be > 0 seconds, got {opts.timeout}")
+    out = Path(opts.out).resolve()  # the children run in the repository root, not here
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {opts.out} is a file; the benchmark writes a directory")
+    opts.out = str(out)
     return opts
 
 

@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
                      show_progress=not args.no_progress).run()
     if runtime.rank() != 0:
         return 0
+    if result.steps_run == 0:
+        print(f"nothing to do: {result.output_dir} is at step {result.final_step}, "
+              f"train.max_steps={recipe.train.max_steps}; raise --max-steps to train on")
+        return 0
     eval_text = f"{result.eval_loss:.4f}" if result.eval_loss is not None else "n/a"
     print(f"done: {result.final_step} steps in {result.wall_s:.1f}s | loss {result.final_loss:.4f} | "
           f"held-out loss {eval_text} | {result.tokens_per_s:,.0f} tokens/s | MFU {result.mfu:.2%} | "

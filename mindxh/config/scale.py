@@ -130,9 +130,13 @@ def parallel_problems(recipe) -> list[InvalidValue]:
             (m.intermediate_size % p.tensor == 0, "parallel.tensor",
              f"tensor={p.tensor} does not divide model.intermediate_size={m.intermediate_size}"),
         ]
-        if p.vocab_parallel and m.vocab_size is not None:
-            rules.append((m.vocab_size % p.tensor == 0, "parallel.vocab_parallel",
-                          f"tensor={p.tensor} does not divide model.vocab_size={m.vocab_size}"))
+        # a null model.vocab_size follows the tokenizer: the one trained is tokenizer.vocab_size
+        vocab, key = ((m.vocab_size, "model.vocab_size") if m.vocab_size is not None else
+                      (recipe.tokenizer.vocab_size, "tokenizer.vocab_size")
+                      if recipe.tokenizer.path is None else (None, None))
+        if p.vocab_parallel and vocab is not None:
+            rules.append((vocab % p.tensor == 0, "parallel.vocab_parallel",
+                          f"tensor={p.tensor} does not divide {key}={vocab}"))
         if p.sequence_parallel:
             rules.append((t.seq_len % p.tensor == 0, "parallel.sequence_parallel",
                           f"tensor={p.tensor} does not divide train.seq_len={t.seq_len}"))

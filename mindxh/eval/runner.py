@@ -153,10 +153,24 @@ def _humaneval(args: EvalOptions, model, tok, recipe) -> tuple[list[dict], str]:
 TASKS = {"arith": _arith, "code": _code, "gsm8k": _gsm8k, "humaneval": _humaneval}
 
 
-def run_eval(args: EvalOptions) -> str:
-    """Generate and score; returns the summary line the command prints."""
+def _check_options(args: EvalOptions) -> None:
+    """What can be refused before the model is loaded and generates."""
     if args.task not in TASKS:
         raise EvalError(f"unknown task {args.task!r}; one of {', '.join(TASKS)}")
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be >= 1 (the first N problems), got {args.limit}")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.is_dir():
+            raise EvalError(f"--out {out} is a directory; give a file name (e.g. {out}/eval.jsonl)")
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise EvalError(f"--out {out}: {parent} is a file, not a directory")
+
+
+def run_eval(args: EvalOptions) -> str:
+    """Generate and score; returns the summary line the command prints."""
+    _check_options(args)
     import mindspore as ms
 
     from mindxh.checkpoint.inference import load_for_inference

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,10 +151,19 @@ class _Job:
 
 
 def _clear(log_dir: Path) -> None:
-    """Remove a previous launch's logs and exit files: stale ones would read as this job's."""
+    """Move a previous launch's logs to `previous/` (replacing older ones) and remove its exit
+    files: stale ones would read as this job's, and a refused launch must not erase the
+    logs of the run it refused to overwrite."""
     (log_dir / EXIT_DIR).mkdir(parents=True, exist_ok=True)
-    for path in [*log_dir.glob("worker_*.log"), log_dir / "scheduler.log",
-                 *(log_dir / EXIT_DIR).iterdir()]:
+    logs = [*log_dir.glob("worker_*.log"), log_dir / "scheduler.log", log_dir / MSRUN_LOG]
+    logs = [p for p in logs if p.is_file()]
+    if logs:
+        previous = log_dir / "previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        previous.mkdir()
+        for path in logs:
+            path.rename(previous / path.name)
+    for path in (log_dir / EXIT_DIR).iterdir():
         path.unlink(missing_ok=True)
 
 

@@ -44,14 +44,23 @@ def plan_train(nproc: int, recipe: str, output_dir: str | None = None,
     for override in overrides:
         train_args += ["--set", override]
     resolved = load_recipe(recipe, own)
-    dp = resolved.parallel.data_parallel
-    if dp == 1:
-        dp_set = f"parallel.data_parallel={nproc}"
+    p = resolved.parallel
+    split = p.tensor * p.pipeline  # devices one model replica spans
+    if p.data_parallel == 1 and nproc != split:
+        if nproc % split:
+            raise LaunchUsageError(f"--nproc {nproc} is not a multiple of parallel.tensor x "
+                                   f"pipeline = {split} (the devices of one model replica)")
+        dp_set = f"parallel.data_parallel={nproc // split}"  # the rest of the ranks: replicas
         train_args += ["--set", dp_set]
         resolved = load_recipe(recipe, own + [dp_set])  # what the ranks will load: check it now
-    elif dp != nproc:
-        raise LaunchUsageError(f"the recipe says parallel.data_parallel={dp} but --nproc is {nproc}; "
-                               f"pass --nproc {dp}, or --set parallel.data_parallel={nproc}")
+    elif p.devices != nproc:
+        raise LaunchUsageError(f"the recipe's parallel plan spans data {p.data_parallel} x tensor "
+                               f"{p.tensor} x pipeline {p.pipeline} = {p.devices} devices but --nproc "
+                               f"is {nproc}; pass --nproc {p.devices}")
     out = Path(resolved.output_dir).resolve()  # the ranks run in this directory too
+    if not resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").is_dir()
+                       and any((out / "checkpoints").iterdir())):
+        raise LaunchUsageError(f"{out} already holds a run; pass --resume to continue it, or "
+                               "choose another --output-dir")  # as `mindxh train` would, earlier
     head = [script] if script is not None else ["-m", "mindxh"]
     return TrainJob(head + train_args, out, out / LOG_SUBDIR)

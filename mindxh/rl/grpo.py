@@ -35,7 +35,7 @@ from mindxh.rl.rollout import (
 from mindxh.tasks.mix import RLStream, prompt_ids
 from mindxh.tokenizer import Tokenizer
 from mindxh.train.metrics import peak_rss_mb
-from mindxh.train.run import Run, RunDir, TrainingError, check_finite
+from mindxh.train.run import Run, RunDir, TrainingError, check_finite, release_lock
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,12 @@ class GRPOTrainer:
         self.row_len = recipe.sft.seq_len
 
     def run(self, validation: list) -> GRPOResult:
+        try:
+            return self._run(validation)
+        finally:
+            release_lock(self.out)
+
+    def _run(self, validation: list) -> GRPOResult:
         start = time.perf_counter()
         s = _Session.open(self.r, self.tok, self.init_from, self.out, self.resume, validation)
         run, g = s.run, self.g

@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 from pathlib import Path
+
+from mindxh.errors import MindxhError
+
+log = logging.getLogger(__name__)
+
+
+class MetricsError(MindxhError, ValueError):
+    """A metrics.jsonl a resume cannot continue."""
 
 
 def peak_rss_mb() -> float:
@@ -20,8 +29,8 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in _parsed_lines(path)
+                    if json.loads(line).get("step", 0) <= resume_step]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(path)
@@ -31,6 +40,25 @@ class MetricsLog:
                  for k, v in record.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
+
+
+def _parsed_lines(path: Path) -> list[str]:
+    """The records of a metrics file; a last line cut short (a kill or a full disk during an
+    append: appends are not fsynced) is dropped with a warning, any other bad line is an
+    error naming it."""
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    good = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                log.warning("%s, line %d: a record cut short, dropped: %.60s", path, n, line)
+                continue
+            raise MetricsError(f"{path}, line {n}: not a JSON record; repair or remove the line "
+                               "to resume") from None
+        good.append(line)
+    return good
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -14,8 +14,10 @@ truncate rank 0's records.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +30,7 @@ from mindxh.train.metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "RunDir", "TrainingError", "check_finite"]
+__all__ = ["Run", "RunDir", "TrainingError", "check_finite", "release_lock"]
 
 
 class TrainingError(MindxhError, RuntimeError):
@@ -66,6 +68,7 @@ class RunDir:
         runtime.configure(recipe)
         rank = runtime.rank()
         if rank == 0:
+            _lock(out)  # before anything is cleaned, pruned or truncated
             for path in ckpt.clean_stale_temporaries(out):
                 log.warning("removed an unfinished checkpoint write: %s", path)
         return cls(out, latest, rank, recipe.train.keep_last)
@@ -103,7 +106,37 @@ class RunDir:
             load_state(state.state)
         except ValueError as exc:  # DataError, or a saved state of another shape
             raise TrainingError(f"{path}/{ckpt.STATE_FILE}: {exc}") from None
+        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:  # edited by hand?
+            raise TrainingError(f"{path}/{ckpt.STATE_FILE}: not this trainer's state "
+                                f"({type(exc).__name__}: {exc})") from None
         return state.step
+
+
+_LOCKS: dict[str, int] = {}  # output directory -> the open descriptor holding its lock
+
+
+def _lock(out: Path) -> None:
+    """Hold an exclusive lock on the run directory for the rest of this process: two
+    trainings in one directory wrote each step twice, overwrote each other's checkpoints and
+    pruned the same one (a traceback). This process may open it again (a resume in-process)."""
+    key = os.path.realpath(out)
+    if key in _LOCKS:
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TrainingError(f"{out}: another process is training in this directory (it holds "
+                            "its lock); wait for it, or choose another --output-dir") from None
+    _LOCKS[key] = fd
+
+
+def release_lock(out: str | Path) -> None:
+    """Let another process train in `out` (a run that ended; process exit does it anyway)."""
+    fd = _LOCKS.pop(os.path.realpath(out), None)
+    if fd is not None:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from mindxh.train import runtime, warmstart
 from mindxh.train.batches import MODEL_INPUTS, BatchSource, SampleLog, heldout_batches, train_source
 from mindxh.train.metrics import peak_rss_mb
 from mindxh.train.progress import Progress
-from mindxh.train.run import Run, RunDir, TrainingError
+from mindxh.train.run import Run, RunDir, TrainingError, release_lock
 from mindxh.utils.flops import is_probed, resolve_peak, revise_cpu_peak
+from mindxh.utils.fsio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class TrainResult:
     mfu: float
     wall_s: float
     parameters: dict[str, int]
+    steps_run: int = 0  # steps this call trained (0: the run had already reached max_steps)
 
 
 def prepare_tokenizer(recipe: Recipe, output_dir: Path) -> Tokenizer:
@@ -169,8 +171,10 @@ class _Session:
         _initial_weights(r, latest, cells.model, tok)
         run = run_dir.start(recipe_text, cells.model, cells.optimizer,
                             lambda state: _load_state(source, state))
-        if run_dir.lead:  # only once the checkpoint fits: a refused resume leaves the run's own
-            (out / "recipe.yaml").write_text(recipe_text)
+        # only once the checkpoint fits (a refused resume leaves the run's own), and only if
+        # there is something to train (a finished run keeps the recipe it was trained with)
+        if run_dir.lead and run.step < r.train.max_steps:
+            atomic_write(out / "recipe.yaml", recipe_text.encode())
         if run.resumed:
             log.info("resumed from %s (step %d)", latest, run.step)
         samples = SampleLog(out, run_dir.rank, run.step if run.resumed else None)
@@ -275,6 +279,12 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            release_lock(self.out)
+
+    def _run(self) -> TrainResult:
         from mindxh.train.precision import StepGuard  # (mindspore: not at module import)
 
         start_wall = time.perf_counter()
@@ -335,4 +345,4 @@ class Trainer:
         tps = steady_tokens / steady_time if steady_time else 0.0
         peak, probed = _checked_peak(peak, tps * s.flops_per_token, probed)
         return TrainResult(self.out, step, loss, eval_loss, tps, mfu(tps, s.flops_per_token, peak),
-                           time.perf_counter() - start_wall, s.cells.params)
+                           time.perf_counter() - start_wall, s.cells.params, step - run.step)
