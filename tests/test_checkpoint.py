@@ -86,7 +86,9 @@ def test_safetensors_metadata(tmp_path: Path) -> None:
     path = _save(tmp_path, 5)
     for fname in ("model.safetensors", "optimizer.safetensors"):
         with safe_open(str(path / fname), framework="numpy") as f:
-            assert f.metadata() == {"format": "mindxh-1", "step": "5"}
+            # one key: safetensors orders a metadata map differently in each process, so
+            # two keys made identical runs' files differ byte for byte
+            assert f.metadata() == {"format": "mindxh-1"}
 
 
 def test_keep_last_prunes_oldest(tmp_path: Path) -> None:

@@ -140,7 +140,9 @@ def test_default_probe_is_fast(tmp_path: Path) -> None:
 
     start = time.perf_counter()
     measure_cpu_peak(tmp_path / "c.json")  # default size/repeats
-    assert time.perf_counter() - start < 2.0
+    # ~1 s alone on 2 cores; the bound catches a probe grown by an order of magnitude, not
+    # load (a CI run beside other jobs took just over 2 s)
+    assert time.perf_counter() - start < 10.0
 
 
 def test_cpu_peak_revised_when_a_run_beats_it(

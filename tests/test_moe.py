@@ -66,6 +66,22 @@ def test_routing_picks_top_k_and_the_bias_only_chooses(ms, scoring):
     assert not cell.expert_bias.requires_grad
 
 
+@pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
+def test_one_expert_per_token_still_trains_the_router_through_the_loss(ms, scoring):
+    """A normalised top-1 gate is exactly 1: the router got no gradient from the loss (1e-11)
+    and stayed at its initial weights under bias or no balancing."""
+    from mindspore import ops
+
+    cfg = config(scoring=scoring, balance="none", experts_per_token=1, num_shared_experts=0)
+    cell = layer(ms, cfg)
+    x = ms.Tensor(np.random.default_rng(2).normal(size=(2, 16, 8)).astype(np.float32))
+    _, _, gates = cell.route(x.reshape(-1, 8))
+    assert not np.allclose(gates.asnumpy(), 1.0)  # the raw score is the gate
+    grad = ops.GradOperation(get_by_list=True)(lambda v: cell(v).sum(),
+                                               ms.ParameterTuple([cell.router.weight]))(x)[0]
+    assert np.abs(grad.asnumpy()).max() > 1e-6
+
+
 def test_capacity_drops_are_counted_exactly_and_contribute_nothing(ms):
     """8 tokens, top-2 of 4 experts, capacity_factor 1 -> 4 slots each. Tokens 0-3 rank experts
     (0, 1), tokens 4-7 (1, 0): first choices fill both experts, so all 8 second choices drop;

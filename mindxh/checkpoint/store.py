@@ -89,10 +89,14 @@ def _write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _write_tensors(path: Path, tensors: dict[str, np.ndarray], step: int) -> None:
+def write_tensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file of this format, fsynced. One metadata key only: safetensors writes
+    the metadata map in an order that changes from process to process, so two keys made the
+    same tensors' files differ byte for byte between identical runs (the step is in
+    state.json and the directory name)."""
     arrays = {name: np.ascontiguousarray(arr) for name, arr in tensors.items()}
-    save_file(arrays, str(path), metadata={"format": FORMAT, "step": str(step)})
-    _fsync_path(path)
+    save_file(arrays, str(path), metadata={"format": FORMAT})
+    _fsync_path(Path(path))
 
 
 def _maybe_inject_fault(step: int) -> None:
@@ -130,9 +134,9 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
 
-    _write_tensors(tmp / MODEL_FILE, model, step)
+    write_tensors(tmp / MODEL_FILE, model)
     _maybe_inject_fault(step)
-    _write_tensors(tmp / OPTIMIZER_FILE, optimizer, step)
+    write_tensors(tmp / OPTIMIZER_FILE, optimizer)
     payload = {"format": FORMAT, "step": step, "state": state}
     _write_text(tmp / STATE_FILE, json.dumps(payload, indent=2) + "\n")
     _write_text(tmp / RECIPE_FILE, recipe_text)

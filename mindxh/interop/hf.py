@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from mindxh.checkpoint import store as ckpt
 from mindxh.checkpoint.inference import SavedModel, load_saved
@@ -215,10 +214,8 @@ def hf_to_mindxh(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | No
     if (tok_src.parent / "tokenizer_config.json").is_file():  # special tokens, for both sides
         shutil.copyfile(tok_src.parent / "tokenizer_config.json", tmp / "tokenizer_config.json")
     recipe = _recipe(hf_dir.resolve().name, model, tok_dst, tok.vocab_size)
-    meta = {"format": ckpt.FORMAT, "step": "0"}
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()},
-              str(tmp / ckpt.MODEL_FILE), metadata=meta)
-    save_file({}, str(tmp / ckpt.OPTIMIZER_FILE), metadata=meta)
+    ckpt.write_tensors(tmp / ckpt.MODEL_FILE, weights)
+    ckpt.write_tensors(tmp / ckpt.OPTIMIZER_FILE, {})
     state = {"data": {"tokenizer_sha256": tok.sha256},
              "converted_from": {"format": "huggingface", "path": str(hf_dir.resolve()),
                                 "config": hf_cfg}}

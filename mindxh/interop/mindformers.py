@@ -19,7 +19,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from mindxh.checkpoint import store as ckpt
 from mindxh.checkpoint.inference import load_saved
@@ -205,9 +204,8 @@ def write_mindformers_weights(path: Path, tensors: dict[str, np.ndarray], dtype:
 
 
 def _write_mindxh(tmp: Path, weights: dict, recipe, tok, source: dict) -> None:
-    meta = {"format": ckpt.FORMAT, "step": "0"}
-    save_file(weights, str(tmp / ckpt.MODEL_FILE), metadata=meta)
-    save_file({}, str(tmp / ckpt.OPTIMIZER_FILE), metadata=meta)
+    ckpt.write_tensors(tmp / ckpt.MODEL_FILE, weights)
+    ckpt.write_tensors(tmp / ckpt.OPTIMIZER_FILE, {})
     state = {"data": {"tokenizer_sha256": tok.sha256}, "converted_from": source}
     payload = {"format": ckpt.FORMAT, "step": 0, "state": state}
     (tmp / ckpt.STATE_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n",

@@ -92,7 +92,9 @@ class MoE(nn.Cell):
         self.num_experts, self.top_k = m.num_experts, m.experts_per_token
         self.capacity_factor = m.capacity_factor
         self.sigmoid = m.scoring == "sigmoid"
-        self.normalize = m.normalize_gates
+        # one expert per token: its normalised gate is exactly 1, and the router would get no
+        # gradient from the loss; the raw score is the gate then (Switch Transformer)
+        self.normalize = m.normalize_gates and m.experts_per_token > 1
         self.aux_coef = m.aux_loss_coef if m.balance == "aux_loss" else 0.0
         self.router = Linear(_normal(rng, (m.num_experts, cfg.hidden_size), cfg.init_std))
         self.experts = Experts(cfg, rng)
