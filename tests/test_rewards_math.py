@@ -59,11 +59,30 @@ def _gsm8k_dir() -> Path:
     ("<answer>[0, \\infty)</answer>", "[0, \\infty)"),
     ("<answer>(1,000)</answer>", "1000"),            # a thousands separator, not a tuple
     ("<answer>(that is, 5 apples)</answer>", "5"),   # a remark, not a tuple
+    ("The final answer is **18**.", "18"),           # Markdown bold is not an exponent
+    ("\\boxed{\\text{18 dollars}}", "18"),            # \text keeps its words
+    ("\\boxed{18 \\text{ cm}^2}", "18"),               # a unit's exponent is not the number's
+    ("\\boxed{1\\,000\\,000}", "1000000"),             # thin-space thousands
+    ("\\boxed{1{,}000}", "1000"),
+    ("\\boxed{-\\$18}", "-18"), ("The answer is - 18.", "-18"),
+    ("\\boxed{1.2e3}", "1200"),
+    ("<think>maybe <answer>3</answer>, no: 5</think> \\boxed{5}", "5"),  # a draft in the think block
+    ("<think>only a thought: 7</think>", "7"),
     ("no digits here", None),
     ("", None),
 ])
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
+
+
+def test_extraction_stays_linear_on_degenerate_text():
+    """Blank lines made `^\\s*A:` backtrack quadratically (40k newlines: 3 s, 1 MB: ~30 min,
+    in the grading process with no timeout), and a long bracketed run did in the tuple check."""
+    t0 = time.monotonic()
+    assert extract_answer("\n" * 200_000) is None
+    assert extract_answer(" \n" * 100_000 + "A: 4") == "4"
+    extract_answer("<answer>(" + "1, " * 20_000 + "2)</answer>")
+    assert time.monotonic() - t0 < 10  # ~0.1 s; quadratic took minutes
 
 
 def test_marker_priority():
@@ -86,6 +105,7 @@ def test_gsm8k_reference_answer_forms():
     assert gsm8k_reference_answer("#### 1,000") == "1000"
     assert gsm8k_reference_answer("42") == "42"
     assert gsm8k_reference_answer("no final answer") is None
+    assert gsm8k_reference_answer("#### \u22123") == "-3"  # the Unicode minus
 
 
 def test_gsm8k_reference_answer_on_every_test_problem():
@@ -162,6 +182,16 @@ def test_grade_cli_matches_openai_labels(tmp_path):
     # 100.00% when written; this floor allows 5 disagreements
     assert agree >= 0.999, f"agreement with OpenAI's labels is {agree:.2%} (< 99.9%)"
     assert f"n={len(labels)} correct={sum(verdicts)} accuracy=" in res.stderr
+
+
+def test_grade_cli_reads_a_bom_and_names_a_line_that_is_not_utf8(tmp_path):
+    inp = tmp_path / "odd.jsonl"
+    inp.write_bytes(b'\xef\xbb\xbf{"reference": "#### 18", "response": "A: 18"}\n'
+                    b'{"reference": "#### 5", "response": "caf\xe9 5"}\n'
+                    b'{"reference": "#### 7", "response": "A: 7"}\n')
+    res = run_cli("grade", "gsm8k", str(inp), timeout=120)
+    assert [json.loads(line)["correct"] for line in res.stdout.splitlines()] == [True, True]
+    assert f"{inp}:2: not UTF-8 text" in res.stderr and res.returncode == 2
 
 
 def test_grade_cli_reports_malformed_lines(tmp_path):

@@ -20,23 +20,38 @@ __all__ = ["MathGrader", "extract_answer", "gsm8k_reference_answer", "normalize_
 # character before it is not a digit, letter or ')' (so `16-3` is 16 and 3, not -3). Chinese
 # and Japanese text glue numbers to words (`共42个`), so only ASCII letters make a word here.
 _NUM = re.compile(r"(?:(?<![A-Za-z0-9_.)])-)?(?<![A-Za-z0-9_.])"
-                  r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?|\.\d+)")
+                  r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][+-]?\d+(?![\w.]))?"
+                  r"(?:/\d+(?![\d.]))?|\.\d+)")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _HASHES = re.compile(r"####\s*([^\n]*)")
-_A_LINE = re.compile(r"^\s*A:\s*([^\n]*)", re.M)
+_A_LINE = re.compile(r"^[ \t]*A:[ \t]*([^\n]*)", re.M)  # [ \t]: \s would backtrack over blank lines
 _ANSWER_IS = re.compile(r"answer\s*(?:(?:is|was|will be|would be)\s*[:=]?|[:=])\s*", re.I)
-# LaTeX that says nothing about the value: \$, \%, thin spaces, \text{units}, \left/\right.
-_LATEX_NOISE = re.compile(r"\\[$%,;!]|\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}|\\(?:left|right)\b")
+# LaTeX that says nothing about the value: \$, \%, thin spaces, \left/\right; \text{...} keeps
+# its words (`\boxed{\text{18 dollars}}` answers 18), unit exponents go (`18 \text{cm}^2`)
+_LATEX_NOISE = re.compile(r"\\[$%,;!]|\\(?:left|right)\b")
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}(?:\^\{?\d+\}?)?")
+# thousands separated by a thin space or LaTeX's `\,` / `{,}` (1\,000\,000)
+_THIN_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\{,\}|[\u2009\u202f])(?=\d{3}(?!\d))")
+_MARKDOWN = re.compile(r"\*\*|__")  # bold: `The final answer is **18**.`
+_SPACED_MINUS = re.compile(r"(?<![\w)])-\s+(?=[\d.])")  # `-\$18` and `- 18` are -18
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S)
 _LATEX_CMD = re.compile(r"\\[a-zA-Z]+")
 # Inline or display math: $...$, $$...$$, \(...\), \[...\]
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
 # A tuple or interval, `(1, 2)` or `[0, \infty)`: one answer of several numbers, for
 # math-verify; not `(1,000)` (a thousands separator) and not a bracketed remark (words)
-_BRACKETED_LIST = re.compile(r"^[(\[](?:(?!(?<!\\)\b[a-zA-Z]{2}).)*(?:\D,|,(?!\d{3}(?!\d)))"
-                             r"(?:(?!(?<!\\)\b[a-zA-Z]{2}).)*[)\]]$", re.S)
+_WORD = re.compile(r"(?<!\\)\b[a-zA-Z]{2}")
+_LIST_COMMA = re.compile(r"\D,|,(?!\d{3}(?!\d))")
+
+
+def _bracketed_list(s: str) -> bool:
+    """(three linear scans: one regex with per-character lookaheads backtracked
+    quadratically on a long run of digits and commas)"""
+    return (len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and not _WORD.search(s)
+            and _LIST_COMMA.search(s) is not None)
 # What a model may write for ASCII digits and minus: the Unicode minus (U+2212), the small and
-# full-width hyphen-minus, full-width digits
-_ASCII = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-",
+# full-width hyphen-minus, the en dash (a sign only where `_NUM` takes one), full-width digits
+_ASCII = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-", "\u2013": "-",
                         **{chr(0xFF10 + d): str(d) for d in range(10)}})
 _OPERATORS = tuple("^*/+-×÷·")
 
@@ -90,11 +105,13 @@ def _last_boxed(text: str) -> str | None:
 
 def _from_region(region: str) -> str | None:
     """What a marker points at: its first number (`18 dollars`), or an expression as written."""
-    s = _LATEX_NOISE.sub(" ", region).replace("$", " ").strip().rstrip(".").strip()
+    s = _THIN_THOUSANDS.sub(",", _MARKDOWN.sub(" ", region))
+    s = _LATEX_NOISE.sub(" ", _LATEX_TEXT.sub(r" \1 ", s)).replace("$", " ")
+    s = _SPACED_MINUS.sub("-", s).strip().rstrip(".").strip()
     if not s:
         return None
     s = s.rsplit("=", 1)[-1].strip() or s  # `5 + 3 = 8` answers 8
-    if _BRACKETED_LIST.match(s):
+    if _bracketed_list(s):
         return s
     m = _NUM.search(s)
     if _LATEX_CMD.search(s) or (m and s[m.end():].lstrip()[:1] in _OPERATORS):
@@ -109,9 +126,14 @@ def extract_answer(text: str) -> str | None:
     `\\boxed{...}`, `#### X`, a line `A: X`, `the answer is X`; then the last number, or
     the LaTeX math around it (`$\\frac{1}{2}$`).
     """
-    if not text:
+    if not text or text.isspace():
         return None
     text = text.translate(_ASCII)
+    outside = _THINK_BLOCK.sub(" ", text)  # the answer given after thinking, not a draft in it
+    if outside.strip() and outside != text:
+        answer = extract_answer(outside)
+        if answer is not None:
+            return answer
     tags = _ANSWER_TAG.findall(text)
     if tags:
         return _from_region(tags[-1])
@@ -142,6 +164,7 @@ def extract_answer(text: str) -> str | None:
 
 def gsm8k_reference_answer(answer_text: str) -> str | None:
     """The number after `####` (GSM8K test.jsonl) or `A:` (the example solutions' ground truth)."""
+    answer_text = answer_text.translate(_ASCII)
     for pattern in (_HASHES, _A_LINE):
         found = pattern.findall(answer_text)
         if found:

@@ -20,14 +20,19 @@ def read_records(path: str, fields: Mapping[str, type]) -> Iterator[tuple[int, d
     lines are skipped. Unreadable files raise JsonlError (missing ones FileNotFoundError).
     """
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # lines decoded one by one: a bad byte costs its line, named
     except FileNotFoundError:
         raise MissingFileError(f"{path}: no such file") from None
     except OSError as exc:
         raise JsonlError(f"{path}: {exc.strerror}") from None
     with f:
         try:
-            for lineno, line in enumerate(f, 1):
+            for lineno, raw in enumerate(f, 1):
+                try:  # utf-8-sig on line 1: a byte-order mark is not part of the JSON
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    yield lineno, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -44,5 +49,5 @@ def read_records(path: str, fields: Mapping[str, type]) -> Iterator[tuple[int, d
                     yield lineno, None, "missing or mistyped field " + ", ".join(bad)
                     continue
                 yield lineno, obj, None
-        except UnicodeDecodeError as exc:
-            raise JsonlError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise JsonlError(f"{path}: {exc.strerror}") from None
