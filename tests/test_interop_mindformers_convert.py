@@ -215,6 +215,31 @@ def test_files_round_trip(tmp_path, spm_tokenizer, fmt, dtype, concat):
         assert reread[name].tobytes() == read[name].tobytes(), name
 
 
+def test_a_capped_sequence_length_goes_back_as_it_came(tmp_path, spm_tokenizer):
+    """--max-seq-len caps the converted model's RoPE table; the mindformers YAML written back
+    keeps the source's seq_length (it came back as the cap: a run merging it trained at 64)."""
+    mindxh_checkpoint(tmp_path / "run", spm_tokenizer)
+    out = mf.mindxh_to_mindformers(tmp_path / "run", tmp_path / "mf")
+    doc = yaml.safe_load((out / "model.yaml").read_text())
+    doc["model"]["model_config"]["seq_length"] = 8192
+    (out / "model.yaml").write_text(yaml.safe_dump(doc))
+    back = mf.mindformers_to_mindxh(out / mf.FORMATS["ckpt"], out / "model.yaml", tmp_path / "mx",
+                                    max_seq_len=64)
+    again = mf.mindxh_to_mindformers(back, tmp_path / "mf2")
+    assert yaml.safe_load((again / "model.yaml").read_text())["model"]["model_config"][
+        "seq_length"] == 8192
+    bad = {**LLAMA2_7B, "n_kv_heads": "2"}
+    with pytest.raises(UnsupportedConfigError, match="n_kv_heads is '2', not an integer"):
+        mfc.model_config_from_mindformers(bad, "run.yaml")
+
+
+def test_a_checkpoint_saved_with_a_wrapper_prefix_is_named_as_such(tmp_path):
+    weights = {"network.model.tok_embeddings.embedding_weight": np.zeros((4, 2), np.float32)}
+    mf.write_mindformers_weights(tmp_path / "p.ckpt", weights, "float32")
+    with pytest.raises(ConversionError, match="no tensor is named model.* .*network.model.tok"):
+        mf.read_mindformers_weights(tmp_path / "p.ckpt")
+
+
 def test_cli(tmp_path, spm_tokenizer):
     mindxh_checkpoint(tmp_path / "run", spm_tokenizer)
     r = run_cli("convert", "mindxh-to-mindformers", str(tmp_path / "run"), str(tmp_path / "mf"),

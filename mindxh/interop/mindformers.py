@@ -124,6 +124,14 @@ def read_mindformers_weights(path: str | Path) -> dict[str, np.ndarray]:
     try:
         params = ms.load_checkpoint(str(path), choice_func=_is_model_tensor)
     except (ValueError, RuntimeError, TypeError) as exc:
+        if "empty after filter" in str(exc) and path.stat().st_size > 0:  # none named model.*
+            try:
+                names = list(ms.load_checkpoint(str(path)))[:4]
+            except (ValueError, RuntimeError, TypeError):
+                names = []
+            raise ConversionError(f"{path}: no tensor is named model.* or lm_head.* as mindformers' "
+                                  f"LlamaForCausalLM names them (found e.g. {names}); strip the "
+                                  "prefix (network., backbone.) the training wrapper added") from None
         raise ConversionError(f"{path}: unreadable MindSpore checkpoint: {exc}") from None
     out = {}
     for name, param in params.items():
@@ -295,6 +303,9 @@ def mindxh_to_mindformers(checkpoint: str | Path, out: str | Path, qkv_concat: b
     ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
     ids.update({k: source[k] for k in ids if isinstance(source.get(k), int)})
     mc = mfc.mindformers_config_from_model(model, qkv_concat, dtype, ids)
+    for key in ("seq_length", "max_position_embedding"):  # capped by --max-seq-len on the way
+        if isinstance(source.get(key), int) and source[key] >= model.max_seq_len:  # in: restore
+            mc[key] = source[key]
     tensors = mindxh_to_mindformers_tensors(saved.model, model, qkv_concat)
     tmp = _fresh_dir(out)
     write_mindformers_weights(tmp / FORMATS[fmt], tensors, dtype)

@@ -130,6 +130,9 @@ def model_config_from_mindformers(mc: dict, where: str | Path = "model_config",
         if not isinstance(mc.get(key), int):
             raise UnsupportedConfigError(f"{where}: model_config.{key} is missing or not an "
                                          "integer")
+    kv = mc.get("n_kv_heads")
+    if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int)):
+        raise UnsupportedConfigError(f"{where}: model_config.n_kv_heads is {kv!r}, not an integer")
     hidden, heads = mc["hidden_size"], mc["num_heads"]
     if hidden % heads:
         raise _refuse(where, "num_heads", heads, f"it must divide hidden_size={hidden}")
