@@ -255,14 +255,13 @@ def _reuse_sft(source: Path, out: Path) -> None:
 def _relative_to(result, source: Path):
     """A stage result (JSON) with paths under `source` made relative to it: stage results
     name the run's files relative to the run (absolute in results written before 2026-12)."""
+    from mindxh.pipeline.context import PATH_FIELDS
+
     if isinstance(result, dict):
-        return {k: (os.path.relpath(v, source.resolve()) if k in _PATH_KEYS and isinstance(v, str)
+        return {k: (os.path.relpath(v, source.resolve()) if k in PATH_FIELDS and isinstance(v, str)
                     and os.path.isabs(v) and Path(v).is_relative_to(source.resolve())
                     else _relative_to(v, source)) for k, v in result.items()}
     return result
-
-
-_PATH_KEYS = {"path", "checkpoint", "data", "metrics", "file"}
 
 
 def main() -> int:

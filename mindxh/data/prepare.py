@@ -82,7 +82,8 @@ def prepare(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
         raise PrepareError("no input files given")
     for p in paths:
         check_input(p, kind)
-    twice = sorted({str(p) for p in paths if sum(q.resolve() == p.resolve() for q in paths) > 1})
+    resolved = [p.resolve() for p in paths]
+    twice = sorted({str(p) for p, r in zip(paths, resolved) if resolved.count(r) > 1})
     if twice:  # as a weight this would be invisible; data.datasets[].weight says it openly
         log.warning("input given more than once, its documents will appear that many times: %s",
                     ", ".join(twice))

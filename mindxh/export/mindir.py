@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from mindxh.generate.mindir import (
     prompt_widths,
     sha256_file,
 )
-from mindxh.utils.fsio import atomic_write_json
+from mindxh.utils.fsio import atomic_write_json, staging_dir, swap_in
 
 __all__ = ["ExportError", "ExportSummary", "export_checkpoint", "export_model", "signatures"]
 
@@ -111,7 +110,7 @@ def export_model(model, tokenizer, out: Path, max_len: int, prompt_bucket: int =
     out = _staging_dir(final)  # filled and checked here, then swapped in: a failed export
     try:                       # leaves `final` (a previous export, or nothing) untouched
         summary = _export_into(model, tokenizer, out, max_len, prompt_bucket, source, tolerance)
-        _publish(out, final)
+        swap_in(out, final)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     sizes = summary.files
@@ -138,20 +137,7 @@ def _staging_dir(out: Path) -> Path:
         shown = ", ".join((foreign or sorted(names))[:3]) + (", ..." if len(foreign) > 3 else "")
         raise ExportError(f"{out} is not empty and not an earlier export ({shown}); choose "
                           "another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the checked export in; a previous one is removed only once the new one is there."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    return staging_dir(out)
 
 
 def _export_into(model, tokenizer, out: Path, max_len: int, prompt_bucket: int,

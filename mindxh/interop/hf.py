@@ -40,6 +40,7 @@ from mindxh.interop.hf_config import (
 )
 from mindxh.models.llama import state_dict_adapter as names
 from mindxh.tokenizer import Tokenizer
+from mindxh.utils.fsio import staging_dir, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,7 @@ def _fresh_dir(out: Path) -> Path:
     """A hidden sibling to fill before renaming it to `out`, which must be absent or empty."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"{out} already exists and is not empty; choose another output")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
+    return staging_dir(out)
 
 
 def _share(folder: Path) -> None:
@@ -169,11 +166,6 @@ def _share(folder: Path) -> None:
     for path in folder.iterdir():
         os.chmod(path, 0o666 & ~umask)
 
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()  # empty, checked by _fresh_dir
-    os.rename(tmp, out)
 
 
 def _recipe(name: str, model: ModelConfig, tokenizer: Path, vocab: int) -> Recipe:
@@ -223,7 +215,7 @@ def hf_to_mindxh(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | No
     (tmp / ckpt.STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     (tmp / ckpt.RECIPE_FILE).write_text(recipe_to_yaml(recipe), encoding="utf-8")
     _share(tmp)
-    _publish(tmp, out)
+    swap_in(tmp, out)
     log.info("converted %s (%s, %d tensors) -> %s", hf_dir, hf_cfg.get("model_type"),
              len(weights), out)
     return out
@@ -259,7 +251,7 @@ def mindxh_to_hf(checkpoint: str | Path, out: str | Path, dtype: str = "auto") -
     (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n",
                                                 encoding="utf-8")
     _write_tokenizer(tok, tok_src, tmp)
-    _publish(tmp, out)
+    swap_in(tmp, out)
     log.info("wrote %s (%s, %s, %d tensors)", out, hf_cfg["model_type"], dtype, len(hf_tensors))
     return out
 

@@ -30,13 +30,13 @@ from mindxh.interop import safetensors_io as st
 from mindxh.interop.hf import (
     _fresh_dir,
     _load_tokenizer,
-    _publish,
     _recipe,
     _share,
     checked_tensors,
 )
 from mindxh.interop.hf_config import ConversionError
 from mindxh.models.llama import state_dict_adapter as names
+from mindxh.utils.fsio import swap_in
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def mindformers_to_mindxh(checkpoint: str | Path, config: str | Path, out: str |
     recipe = _recipe(checkpoint.stem, model, out.resolve() / tok_src.name, tok.vocab_size)
     source = {"format": "mindformers", "path": str(checkpoint.resolve()), "config": mc}
     _write_mindxh(tmp, weights, recipe, tok, source)
-    _publish(tmp, out)
+    swap_in(tmp, out)
     log.info("converted %s (%d tensors) -> %s", checkpoint, len(weights), out)
     return out
 
@@ -313,7 +313,7 @@ def mindxh_to_mindformers(checkpoint: str | Path, out: str | Path, qkv_concat: b
     text = mfc.mindformers_yaml(mc, out.resolve() / tok_src.name)
     (tmp / YAML_FILE).write_text(text, encoding="utf-8")
     _share(tmp)
-    _publish(tmp, out)
+    swap_in(tmp, out)
     log.info("wrote %s (%s, %s, %d tensors, qkv_concat=%s) from %s", out, fmt, dtype,
              len(tensors), qkv_concat, checkpoint_dir)
     return out

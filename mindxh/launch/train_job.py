@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mindxh.config import load_recipe
 from mindxh.errors import MindxhError
+from mindxh.train.run import held_run
 
 LOG_SUBDIR = "logs"  # under the run's output directory: msrun's, and every rank's, log
 
@@ -58,9 +59,9 @@ def plan_train(nproc: int, recipe: str, output_dir: str | None = None,
                                f"{p.tensor} x pipeline {p.pipeline} = {p.devices} devices but --nproc "
                                f"is {nproc}; pass --nproc {p.devices}")
     out = Path(resolved.output_dir).resolve()  # the ranks run in this directory too
-    if not resume and ((out / "metrics.jsonl").exists() or (out / "checkpoints").is_dir()
-                       and any((out / "checkpoints").iterdir())):
-        raise LaunchUsageError(f"{out} already holds a run; pass --resume to continue it, or "
-                               "choose another --output-dir")  # as `mindxh train` would, earlier
+    held = None if resume else held_run(out)  # what rank 0 would refuse, before msrun starts
+    if held:
+        raise LaunchUsageError(f"{out} already holds a run; pass --resume to continue it ({held}), "
+                               "or choose another --output-dir")
     head = [script] if script is not None else ["-m", "mindxh"]
     return TrainJob(head + train_args, out, out / LOG_SUBDIR)

@@ -17,7 +17,7 @@ from mindxh.errors import MindxhError
 from mindxh.pipeline.results import RESULT_TYPES, StageResult, from_dict
 from mindxh.utils.fsio import atomic_write_json
 
-__all__ = ["Context", "PipelineError"]
+__all__ = ["PATH_FIELDS", "Context", "PipelineError"]
 
 R = TypeVar("R", bound=StageResult)
 
@@ -94,7 +94,7 @@ class Context:
 
 
 # the fields of stage results that hold paths of the run's own files
-_PATH_FIELDS = frozenset({"path", "checkpoint", "data", "metrics", "file"})
+PATH_FIELDS = frozenset({"path", "checkpoint", "data", "metrics", "file"})
 
 
 def _with_paths(obj, change):
@@ -102,7 +102,7 @@ def _with_paths(obj, change):
     updates = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.name in _PATH_FIELDS and isinstance(value, str):
+        if f.name in PATH_FIELDS and isinstance(value, str):
             updates[f.name] = change(value)
         elif dataclasses.is_dataclass(value):
             updates[f.name] = _with_paths(value, change)

@@ -30,7 +30,7 @@ from mindxh.train.metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "RunDir", "TrainingError", "check_finite", "release_lock"]
+__all__ = ["Run", "RunDir", "TrainingError", "check_finite", "held_run", "release_lock"]
 
 
 class TrainingError(MindxhError, RuntimeError):
@@ -59,8 +59,8 @@ class RunDir:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         latest = ckpt.latest_checkpoint(out)
-        if not resume and (latest is not None or (out / "metrics.jsonl").exists()):
-            held = f"checkpoints (newest: {latest.name})" if latest else "a run's metrics.jsonl"
+        held = held_run(out, latest)
+        if not resume and held:
             raise TrainingError(f"{out} already holds {held}; pass --resume to continue that "
                                 "run, or choose another --output-dir")
         if latest is None and resume:
@@ -110,6 +110,16 @@ class RunDir:
             raise TrainingError(f"{path}/{ckpt.STATE_FILE}: not this trainer's state "
                                 f"({type(exc).__name__}: {exc})") from None
         return state.step
+
+
+def held_run(out: Path, latest: Path | None = None) -> str | None:
+    """What of an earlier run `out` holds (its checkpoints, or its metrics.jsonl), or None:
+    `mindxh train` without --resume refuses such a directory, and `mindxh launch` before
+    it starts the ranks. `latest` saves a second look when the caller has it."""
+    latest = latest or ckpt.latest_checkpoint(out)
+    if latest is not None:
+        return f"checkpoints (newest: {latest.name})"
+    return "a run's metrics.jsonl" if (out / "metrics.jsonl").exists() else None
 
 
 _LOCKS: dict[str, int] = {}  # output directory -> the open descriptor holding its lock

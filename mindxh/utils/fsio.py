@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -67,3 +68,21 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     for user input, see `mindxh.utils.records.read_records`)."""
     text = Path(path).read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh hidden sibling of `out` (`.NAME.tmp-PID`) to fill and check before `swap_in`."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Rename the filled `tmp` to `out`. An existing `out` is set aside first and removed
+    only once the new one is in place, so a failure before leaves it untouched."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -211,8 +211,7 @@ class CachedDecoder(nn.Cell):
         b, s = tokens.shape
         if fresh:  # a prompt block at positions 0..S-1: causal over its own keys
             mask = self.model.causal_mask[:s, :s]
-            caches = self.write_through
-            index = _scatter_index(self.row_ids, self.head_ids, positions)
+            caches, index = self.write_through, _scatter_index(self.row_ids, self.head_ids, positions)
         elif slot is None:  # every token into the cache at its position
             visible = self.columns.reshape(1, 1, -1) <= positions.expand_dims(2)  # [B, S, T]
             mask = _additive(visible).reshape(b, 1, 1, s, self.cache_len)
