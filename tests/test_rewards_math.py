@@ -68,6 +68,10 @@ def _gsm8k_dir() -> Path:
     ("\\boxed{1.2e3}", "1200"),
     ("<think>maybe <answer>3</answer>, no: 5</think> \\boxed{5}", "5"),  # a draft in the think block
     ("<think>only a thought: 7</think>", "7"),
+    ("The answer is 2 1/2 cups.", "5/2"),          # a mixed number is one number
+    ("#### -3 3/4", "-15/4"), ("so she needs 1 1/2", "3/2"),
+    ("it is 2 3/2", "3/2"),                           # not a proper fraction: two numbers
+    ("page 4, 1/2 left", "1/2"),
     ("no digits here", None),
     ("", None),
 ])

@@ -22,6 +22,8 @@ __all__ = ["MathGrader", "extract_answer", "gsm8k_reference_answer", "normalize_
 _NUM = re.compile(r"(?:(?<![A-Za-z0-9_.)])-)?(?<![A-Za-z0-9_.])"
                   r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][+-]?\d+(?![\w.]))?"
                   r"(?:/\d+(?![\d.]))?|\.\d+)")
+# A mixed number, `2 1/2` (= 5/2): a whole number, blanks, then a proper fraction
+_MIXED = re.compile(r"(-?\d+)[ \t\u00a0]+(\d+)/(\d+)(?![\d./])")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _A_LINE = re.compile(r"^[ \t]*A:[ \t]*([^\n]*)", re.M)  # [ \t]: \s would backtrack over blank lines
@@ -72,6 +74,19 @@ def normalize_number(text: str) -> str | None:
     return f"{whole.lstrip('+')}.{frac.rstrip('0')}"
 
 
+def _mixed_at(text: str, start: int, end: int | None = None) -> str | None:
+    """The mixed number that starts at `start` (and ends at `end`, if given), normalised:
+    `2 1/2` -> `'5/2'`; None unless the fraction is proper (`2 3/2` is two numbers)."""
+    m = _MIXED.match(text, start)
+    if m is None or (end is not None and m.end() != end):
+        return None
+    whole, num, den = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    if not 0 < num < den:
+        return None
+    value = abs(whole) + Fraction(num, den)
+    return normalize_number(str(-value if m.group(1).startswith("-") else value))
+
+
 def numbers_equal(a: str | None, b: str | None) -> bool:
     """Exact equality of two number strings (`'18'` == `'18.0'`); False if either is not one."""
     if a is None or b is None:
@@ -116,7 +131,9 @@ def _from_region(region: str) -> str | None:
     m = _NUM.search(s)
     if _LATEX_CMD.search(s) or (m and s[m.end():].lstrip()[:1] in _OPERATORS):
         return s  # an expression (`\\frac{1}{2}`, `2^{10}`): math-verify's job
-    return normalize_number(m.group(0)) if m else s
+    if m is None:
+        return s
+    return _mixed_at(s, m.start()) or normalize_number(m.group(0))
 
 
 def extract_answer(text: str) -> str | None:
@@ -124,7 +141,7 @@ def extract_answer(text: str) -> str | None:
 
     Markers, strongest first (the last occurrence of each wins): `<answer>...</answer>`,
     `\\boxed{...}`, `#### X`, a line `A: X`, `the answer is X`; then the last number, or
-    the LaTeX math around it (`$\\frac{1}{2}$`).
+    the LaTeX math around it (`$\\frac{1}{2}$`). A mixed number (`2 1/2`) is one number.
     """
     if not text or text.isspace():
         return None
@@ -159,6 +176,10 @@ def extract_answer(text: str) -> str | None:
         inner = next(g for g in spans[-1].groups() if g is not None)
         if _LATEX_CMD.search(inner):
             return _from_region(inner)
+    if len(numbers) > 1:  # `2 1/2` is one number, not 2 and 1/2
+        mixed = _mixed_at(text, numbers[-2].start(), last.end())
+        if mixed is not None:
+            return mixed
     return normalize_number(last.group(0))
 
 
