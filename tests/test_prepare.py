@@ -261,10 +261,11 @@ def test_bad_input_is_counted_per_file_and_fatal_under_strict(tmp_path, tok_path
     assert f"{a}: skipped" in caplog.text and "3 wrong_type (lines 12, 14, 29)" in caplog.text
     with pytest.raises(PrepareError, match=rf"^{a}:11: malformed JSON"):
         prepare([a, b], tmp_path / "strict", tok_path, seq_len=64, workers=0, strict=True)
-    assert not (tmp_path / "strict" / "manifest.json").exists()
-    assert not list((tmp_path / "strict").iterdir())  # its partial files are gone
+    assert not (tmp_path / "strict").exists()  # its partial files are gone, and the DIR it made
+    (tmp_path / "strict").mkdir()  # a DIR the user made stays
     with pytest.raises(PrepareError, match=rf"^{b}:3: not valid UTF-8"):
         prepare([b], tmp_path / "strict", tok_path, seq_len=64, workers=0, strict=True)
+    assert (tmp_path / "strict").is_dir() and not list((tmp_path / "strict").iterdir())
     with pytest.raises(PrepareError, match=rf"^{a}:11: malformed JSON .*without --strict"):
         prepare([a, b], tmp_path / "out", tok_path, seq_len=64, workers=0, max_doc_chars=400, strict=True)
 

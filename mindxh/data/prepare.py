@@ -19,6 +19,7 @@ checks the existing shards and does nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -94,26 +95,33 @@ def prepare(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
     spec = {"format": shards.FORMAT, "kind": kind, "seq_len": seq_len,
             "tokenizer": {"path": str(tokenizer_path), "sha256": tok.sha256, "vocab_size": tok.vocab_size}}
     out = Path(out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PrepareError(f"{out}: cannot create the output directory: {exc}") from exc
-    with outdir.locked(out):
-        outdir.recover(out)
-        existing = _existing(out, spec, sources, options, overwrite, strict)
-        if existing is not None:
-            return existing
-        partial = outdir.new_partial(out)
-        try:
-            manifest = _build(paths, partial, tok, spec, sources, options, workers, strict,
-                              progress, start_method)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        manifest.update(command=command if command is not None else shlex.join(sys.argv),
-                        mindxh_version=mindxh.__version__,
-                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        outdir.finish(out, partial, manifest)
+    try:
+        with outdir.locked(out):
+            outdir.recover(out)
+            existing = _existing(out, spec, sources, options, overwrite, strict)
+            if existing is not None:
+                return existing
+            partial = outdir.new_partial(out)
+            try:
+                manifest = _build(paths, partial, tok, spec, sources, options, workers, strict,
+                                  progress, start_method)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            manifest.update(command=command if command is not None else shlex.join(sys.argv),
+                            mindxh_version=mindxh.__version__,
+                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            outdir.finish(out, partial, manifest)
+    except BaseException:
+        if created:  # a failed first preparation leaves no empty DIR behind
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty: never what another process wrote
+        raise
     dt = time.perf_counter() - t0
     log.info("prepared %s: %d documents, %s tokens (%s with loss), %d rows of %d in %d shard(s), "
              "%.1f s, %s tokens/s", out, manifest["documents"], f"{manifest['tokens']:,}",
