@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mindxh.tasks.arith import answer_int, arith_reward, is_correct
+from mindxh.tasks.arith import answer_int, is_correct
 from mindxh.tasks.format import answer_text, format_ok
 
 
@@ -40,13 +40,23 @@ def test_answer_text():
 
 
 def test_arith_reward_values():
+    """GRPO's reward, as it scores math responses (rewards.judge): right answer + format bonus."""
+    from types import SimpleNamespace
+
+    from mindxh.rewards.judge import rewards
+
+    def reward(response, answer, format_weight=0.1):
+        r, ok = rewards([SimpleNamespace(task="math", answer=answer)], [response], format_weight)
+        assert bool(ok[0]) == is_correct(response, answer)
+        return float(r[0])
+
     good = "<think>5+7=12 , 12-3=9</think><answer>9</answer>"
-    assert arith_reward(good, 9) == pytest.approx(1.1)
-    assert arith_reward(good, 8) == pytest.approx(0.1)
-    assert arith_reward("<answer>9</answer>", 9) == pytest.approx(1.0)
-    assert arith_reward("<answer>9</answer>", 9, format_weight=0.0) == 1.0
-    assert arith_reward("9", 9) == 0.0  # no <answer>: not graded, not formatted
-    assert arith_reward(good, 9, format_weight=0.5) == pytest.approx(1.5)
+    assert reward(good, 9) == pytest.approx(1.1)
+    assert reward(good, 8) == pytest.approx(0.1)
+    assert reward("<answer>9</answer>", 9) == pytest.approx(1.0)
+    assert reward("<answer>9</answer>", 9, format_weight=0.0) == 1.0
+    assert reward("9", 9) == 0.0  # no <answer>: not graded, not formatted
+    assert reward(good, 9, format_weight=0.5) == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize("inner, value", [("9", 9), (" -3 ", -3), ("+4", 4), ("1,234", 1234),

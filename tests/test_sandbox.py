@@ -9,12 +9,13 @@ import os
 import socket
 import textwrap
 import uuid
+from dataclasses import replace
 
 import pytest
 from conftest import REPO, sandbox_host_check
 
 from mindxh.rewards import _cgroup, sandbox
-from mindxh.rewards.code import code_reward, run_tests
+from mindxh.rewards.code import run_tests
 from mindxh.rewards.sandbox import SandboxLimits, run_python
 
 UID = 65532  # this file's sandbox uid: runs of other test files (xdist) use others
@@ -25,6 +26,12 @@ def L(**kw) -> SandboxLimits:  # noqa: N802
 
 
 FAST = L(timeout_s=2.0)
+
+
+def code_reward(program: str, test_code: str, entry_point: str | None = None,
+                timeout_s: float = 5.0, limits: SandboxLimits = FAST) -> float:
+    """1.0 iff the tests pass in the sandbox (`limits`, with their timeout replaced)."""
+    return 1.0 if run_tests(program, test_code, entry_point, replace(limits, timeout_s=timeout_s)).passed else 0.0
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Verifiable rewards: rule-based scores for math answers, output format and code.
 
-Submodules are imported on demand: `arith` and `format` are pure Python for the RL hot
-loop, while `math` (math-verify, worker processes) and `sandbox` (subprocesses) are not.
+`judge` scores any task's responses (GRPO's reward, every held-out accuracy): the math
+tasks' checks are pure Python (mindxh.tasks), while `math` (math-verify, worker processes),
+`code` and `sandbox` (subprocesses) are imported on demand.
 """

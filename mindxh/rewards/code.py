@@ -27,7 +27,7 @@ from typing import Sequence
 from mindxh.rewards.sandbox import SandboxLimits, SandboxResult, run_python
 from mindxh.tasks.code import CodeProblem, program_of
 
-__all__ = ["GradeStats", "code_reward", "grade_programs", "program_with_tests", "run_tests"]
+__all__ = ["GradeStats", "grade_programs", "program_with_tests", "run_tests"]
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,6 @@ def run_tests(program: str, test_code: str, entry_point: str | None = None,
         return replace(result, status="failed",
                        stderr=result.stderr + "exited before check() returned\n")
     return result
-
-
-def code_reward(program: str, test_code: str, entry_point: str | None = None,
-                timeout_s: float = 5.0, limits: SandboxLimits | None = None) -> float:
-    """1.0 iff the tests pass: exit status 0 within `timeout_s` and the sandbox's limits
-    (`limits`, default SandboxLimits(), with its timeout replaced by `timeout_s`)."""
-    limits = replace(limits or SandboxLimits(), timeout_s=timeout_s)
-    result = run_tests(program, test_code, entry_point, limits)
-    return 1.0 if result.passed else 0.0
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Tasks: the problems a model is trained and judged on, with their splits and rewards.
 
-One task module is shared by SFT (worked solutions), GRPO (problems + reward), evaluation
-(held-out accuracy) and the pipeline, so a split or a reward is defined in exactly one place.
-Tasks know no model: accuracy takes any object with a `greedy(prompts, max_new_tokens)`
-method (`mindxh.generate.Generator` is one).
+One task module is shared by SFT (worked solutions), GRPO (problems), evaluation (held-out
+problems) and the pipeline, so a split or an answer check is defined in exactly one place;
+mindxh.rewards.judge scores responses with those checks, for GRPO's reward and every
+held-out accuracy alike. Tasks know no model.
 """

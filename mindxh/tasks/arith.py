@@ -1,4 +1,4 @@
-"""The synthetic arithmetic task: problems, splits, seed streams, reward and greedy accuracy.
+"""The synthetic arithmetic task: problems, splits, seed streams and the answer check.
 
 Problems come from `mindxh.data.synthetic` (deterministic in `(seed, index)`); a question's
 hash decides its split, so a held-out problem is never in any training stream. Each use
@@ -14,24 +14,22 @@ GRPO's curve has its own stream because the SFT checkpoint was *chosen* on the S
 validation problems: judged on them, GRPO's step-0 figure is inflated by that choice.
 Variants are compared on the test set only, which nothing chooses on.
 
-The reward is pure Python (it runs on every sampled response): the `<answer>` integer is
-right, plus a bonus for the exact reasoning format. No subprocess, no math-verify: the
-answers are integers, so exact comparison is the check.
+The check is pure Python (it runs on every sampled response): the `<answer>` integer is
+right. No subprocess, no math-verify: the answers are integers, so exact comparison is the
+check. Rewards and accuracies of every task are scored in one place, mindxh.rewards.judge.
 """
 from __future__ import annotations
 
 import re
-from typing import Protocol, Sequence
 
 from mindxh.data.chat import prompt_ids as chat_prompt_ids
 from mindxh.data.synthetic import Problem, iter_problems
-from mindxh.tasks.format import answer_text, format_ok
+from mindxh.tasks.format import answer_text
 from mindxh.tasks.stream import take
 from mindxh.tokenizer import Tokenizer
 
-__all__ = ["GRPO_VALIDATION_STREAM", "RL_STREAM", "VALIDATION_STREAM", "GreedyGenerator",
-           "Problem", "answer_int", "arith_reward", "cold_start_samples", "greedy_accuracy",
-           "heldout_problems", "is_correct", "prompt_ids", "rl_problems"]
+__all__ = ["GRPO_VALIDATION_STREAM", "RL_STREAM", "VALIDATION_STREAM", "Problem", "answer_int",
+           "cold_start_samples", "heldout_problems", "is_correct", "prompt_ids", "rl_problems"]
 
 RL_STREAM = 7919  # GRPO prompts: another stream than the SFT set's
 VALIDATION_STREAM = 104729  # SFT early stopping: another held-out stream than the test set's
@@ -54,9 +52,6 @@ def is_correct(text: str, answer: int) -> bool:
     return answer_int(text) == answer
 
 
-def arith_reward(response: str, answer: int, format_weight: float = 0.1) -> float:
-    """1.0 for the right answer, plus `format_weight` if the response has the exact format."""
-    return float(is_correct(response, answer)) + (format_weight if format_ok(response) else 0.0)
 
 
 def heldout_problems(seed: int, level: int, n: int) -> list[Problem]:
@@ -79,20 +74,3 @@ def rl_problems(seed: int, level: int, start: int, n: int) -> tuple[list[Problem
 def prompt_ids(tok: Tokenizer, problem: Problem) -> list[int]:
     """The token ids the model is given for `problem` (chat template, user turn only)."""
     return chat_prompt_ids(tok, problem.prompt())
-
-
-class GreedyGenerator(Protocol):
-    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list: ...
-
-
-def greedy_accuracy(generator: GreedyGenerator, tok: Tokenizer, problems: Sequence[Problem],
-                    max_new_tokens: int) -> tuple[float, list[dict]]:
-    """(accuracy, one record per problem: question, answer, response, correct, format_ok)."""
-    if not problems:
-        raise ValueError("no problems to evaluate")
-    completions = generator.greedy([prompt_ids(tok, p) for p in problems], max_new_tokens)
-    records = [{"question": p.question, "answer": p.answer, "response": c.text,
-                "correct": bool(is_correct(c.text, p.answer)), "format_ok": bool(format_ok(c.text)),
-                "finish_reason": c.finish_reason}
-               for p, c in zip(problems, completions)]
-    return sum(r["correct"] for r in records) / len(records), records

@@ -15,7 +15,7 @@ from mindxh.tasks import arith, code
 from mindxh.tokenizer import Tokenizer
 
 __all__ = ["TASKS", "RLStream", "check_tasks", "cold_start_samples", "heldout_problems",
-           "prompt_ids", "task_of"]
+           "prompt_ids"]
 
 TASKS: dict[str, ModuleType] = {"math": arith, "code": code}
 
@@ -26,10 +26,6 @@ def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     if not tasks or unknown or len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks must be distinct names among {sorted(TASKS)}, got {list(tasks)}")
     return tasks
-
-
-def task_of(problem) -> str:
-    return problem.task
 
 
 def _shares(n: int, k: int) -> list[int]:

@@ -89,9 +89,4 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def expected_hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The same, by Hugging Face name (a tied head has no `lm_head.weight`, as HF saves it)."""
-    return {to_hf_name(name): shape for name, shape in expected_shapes(cfg).items()}
-
-
-__all__ = ["expected_hf_shapes", "expected_shapes", "from_hf_name", "to_hf_name"]
+__all__ = ["expected_shapes", "from_hf_name", "to_hf_name"]
