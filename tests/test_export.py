@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import TINY, run_cli
 
-from mindxh.generate.mindir import ExportedModelError, read_manifest, sha256_file
+from mindxh.generate.mindir import ExportedModelError, read_manifest
+from mindxh.utils.fsio import file_sha256
 
 PROMPTS = ["What is 1+2?", "2+2?", "Mia has 3 pens and buys 4 more.",
            ("Tom has 12 apples. He gives 5 to Ann and then buys 9 more at the market. "
@@ -46,7 +47,7 @@ def test_manifest_describes_and_checks_the_files(exported):
     m = read_manifest(out)  # verifies every file's size and sha256
     assert set(m["files"]) == {"prefill.mindir", "decode.mindir", "tokenizer.model"}
     for name, entry in m["files"].items():
-        assert entry["sha256"] == sha256_file(out / name) and entry["bytes"] > 0
+        assert entry["sha256"] == file_sha256(out / name) and entry["bytes"] > 0
     assert m["tokenizer"] == "tokenizer.model" and m["mindxh_version"]
     assert m["source_checkpoint"].startswith(str(run / "checkpoints"))
     assert m["max_len"] == m["model"]["max_seq_len"] + 1 and m["vocab_size"] == m["model"]["vocab_size"]

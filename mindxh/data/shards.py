@@ -19,13 +19,13 @@ This module only reads; it imports no MindSpore, so a loader can use it anywhere
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 from mindxh.errors import MindxhError
+from mindxh.utils.fsio import file_sha256
 
 __all__ = [
     "ARRAY_FIELDS", "FORMAT", "MANIFEST_NAME", "SCHEMA", "SCHEMA_DESC", "ShardError",
@@ -65,15 +65,6 @@ def db_name(shard_file: str) -> str:
 def is_shard_file(name: str) -> bool:
     """True for names this format writes (shards and their ``.db`` indexes)."""
     return bool(_SHARD_RE.match(name))
-
-
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(directory: str | Path) -> dict[str, Any]:

@@ -39,9 +39,8 @@ from mindxh.generate.mindir import (
     MindirBackend,
     load_graph,
     prompt_widths,
-    sha256_file,
 )
-from mindxh.utils.fsio import atomic_write_json, staging_dir, swap_in
+from mindxh.utils.fsio import atomic_write_json, file_sha256, staging_dir, swap_in
 
 __all__ = ["ExportError", "ExportSummary", "export_checkpoint", "export_model", "signatures"]
 
@@ -171,7 +170,7 @@ def _export_into(model, tokenizer, out: Path, max_len: int, prompt_bucket: int,
         raise ExportError(f"{out}: the cached graphs' logits differ from a full forward pass by "
                           f"{diff_full:.3g} (allowed: {100 * tolerance:g}); the cache logic is wrong")
     names = [PREFILL_FILE, DECODE_FILE, *tokenizer_files]
-    files = {n: {"bytes": (out / n).stat().st_size, "sha256": sha256_file(out / n)} for n in names}
+    files = {n: {"bytes": (out / n).stat().st_size, "sha256": file_sha256(out / n)} for n in names}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "mindxh_version": __version__, "mindspore_version": ms.__version__,

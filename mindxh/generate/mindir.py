@@ -16,7 +16,6 @@ why), so the batch is dynamic and the host loop is the one `Generator` uses.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,10 +23,11 @@ from pathlib import Path
 from mindxh.errors import MindxhError
 from mindxh.generate.generator import BatchGenerator
 from mindxh.tokenizer import Tokenizer
+from mindxh.utils.fsio import file_sha256
 
 __all__ = ["DECODE_FILE", "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "PREFILL_FILE",
            "ExportedModelError", "MindirBackend", "load_generator", "load_graph", "prompt_widths",
-           "read_manifest", "sha256_file"]
+           "read_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ _REQUIRED = ("model", "max_len", "prompt_bucket", "graphs", "tokenizer", "files"
 
 class ExportedModelError(MindxhError, ValueError):
     """An export directory that cannot be used as it is (the message names the file)."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -108,7 +100,7 @@ def _verify(path: Path, entry: dict) -> None:
     if size != entry.get("bytes"):
         raise ExportedModelError(f"{path} has {size} bytes, the manifest says {entry.get('bytes')} "
                                  "(truncated or replaced; export again)")
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if digest != entry.get("sha256"):
         raise ExportedModelError(f"{path}: sha256 {digest[:16]}... differs from the manifest's "
                                  f"{str(entry.get('sha256'))[:16]}... (corrupt or replaced; export again)")

@@ -127,7 +127,8 @@ def _find_tokenizer(hf_dir: Path, given: str | Path | None) -> Path:
     raise ConversionError(f"{hf_dir} has no {' or '.join(TOKENIZER_FILES)}; pass --tokenizer FILE")
 
 
-def _load_tokenizer(path: Path):
+def load_tokenizer(path: Path):
+    """The converted model's tokenizer; a file that is not one is a ConversionError."""
     try:
         return Tokenizer.load(path)
     except ValueError as exc:
@@ -152,14 +153,14 @@ def checked_tensors(loaded: SavedModel) -> dict:
     return {name: saved[name] for name in expected}
 
 
-def _fresh_dir(out: Path) -> Path:
+def fresh_dir(out: Path) -> Path:
     """A hidden sibling to fill before renaming it to `out`, which must be absent or empty."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"{out} already exists and is not empty; choose another output")
     return staging_dir(out)
 
 
-def _share(folder: Path) -> None:
+def share_files(folder: Path) -> None:
     """Give the written files the umask's permissions (the safetensors writer makes 0600)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -168,7 +169,7 @@ def _share(folder: Path) -> None:
 
 
 
-def _recipe(name: str, model: ModelConfig, tokenizer: Path, vocab: int) -> Recipe:
+def finetune_recipe(name: str, model: ModelConfig, tokenizer: Path, vocab: int) -> Recipe:
     """A recipe for fine-tuning the converted model: its tokenizer, a fine-tuning learning
     rate (the default 3e-3 suits only tiny models trained from scratch)."""
     seq_len = min(TrainConfig().seq_len, model.max_seq_len)
@@ -195,17 +196,17 @@ def hf_to_mindxh(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | No
     except InvalidValue as exc:
         raise ConversionError(f"{hf_dir / 'config.json'}: model.{exc.key}: {exc.message}") from None
     tok_src = _find_tokenizer(hf_dir, tokenizer)
-    tok = _load_tokenizer(tok_src)
+    tok = load_tokenizer(tok_src)
     if tok.vocab_size > model.vocab_size:
         raise ConversionError(f"tokenizer {tok_src} has {tok.vocab_size} tokens but config.json "
                               f"vocab_size is {model.vocab_size}")
     weights = _from_hf_tensors(read_hf_weights(hf_dir), model, hf_dir)
-    tmp = _fresh_dir(out)
+    tmp = fresh_dir(out)
     tok_dst = out.resolve() / tok_src.name
     shutil.copyfile(tok_src, tmp / tok_src.name)
     if (tok_src.parent / "tokenizer_config.json").is_file():  # special tokens, for both sides
         shutil.copyfile(tok_src.parent / "tokenizer_config.json", tmp / "tokenizer_config.json")
-    recipe = _recipe(hf_dir.resolve().name, model, tok_dst, tok.vocab_size)
+    recipe = finetune_recipe(hf_dir.resolve().name, model, tok_dst, tok.vocab_size)
     ckpt.write_tensors(tmp / ckpt.MODEL_FILE, weights)
     ckpt.write_tensors(tmp / ckpt.OPTIMIZER_FILE, {})
     state = {"data": {"tokenizer_sha256": tok.sha256},
@@ -214,7 +215,7 @@ def hf_to_mindxh(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | No
     payload = {"format": ckpt.FORMAT, "step": 0, "state": state}
     (tmp / ckpt.STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     (tmp / ckpt.RECIPE_FILE).write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    _share(tmp)
+    share_files(tmp)
     swap_in(tmp, out)
     log.info("converted %s (%s, %d tensors) -> %s", hf_dir, hf_cfg.get("model_type"),
              len(weights), out)
@@ -244,7 +245,7 @@ def mindxh_to_hf(checkpoint: str | Path, out: str | Path, dtype: str = "auto") -
     hf_cfg = hf_config_from_model(model, dtype, bos, eos, source.get("max_position_embeddings"))
     if "pad_token_id" in source:
         hf_cfg["pad_token_id"] = source["pad_token_id"]
-    tmp = _fresh_dir(out)
+    tmp = fresh_dir(out)
     st.write_tensors(tmp / "model.safetensors", hf_tensors, dtype, {"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n", encoding="utf-8")
     generation = {"bos_token_id": bos, "eos_token_id": eos}
@@ -276,4 +277,5 @@ def _write_tokenizer(tok, src: Path, dst: Path) -> None:
                                                encoding="utf-8")
 
 
-__all__ = ["ConversionError", "hf_to_mindxh", "mindxh_to_hf", "read_hf_weights"]
+__all__ = ["ConversionError", "finetune_recipe", "fresh_dir", "hf_to_mindxh", "load_tokenizer",
+           "mindxh_to_hf", "read_hf_weights", "share_files"]

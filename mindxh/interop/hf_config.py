@@ -41,7 +41,7 @@ _IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "us
             "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout", "pretraining_tp",
             "output_attentions", "output_hidden_states", "return_dict", "is_decoder",
             "_attn_implementation_autoset"}
-_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def _refuse(where: str, key: str, value: Any, why: str) -> UnsupportedConfigError:
@@ -60,13 +60,19 @@ def _rope_scaling(raw: Any, where: str) -> RopeScalingConfig:
         raise _refuse(where, "rope_scaling.rope_type", kind, "mindxh implements only 'llama3' "
                       "(Llama 3.1) scaling; linear, dynamic, yarn, longrope... are not")
     for key in raw:
-        if key not in (*_LLAMA3_KEYS, "rope_type", "type"):
+        if key not in (*LLAMA3_KEYS, "rope_type", "type"):
             raise _refuse(where, f"rope_scaling.{key}", raw[key], "unknown llama3 scaling key")
-    missing = [k for k in _LLAMA3_KEYS if k not in raw]
+    missing = [k for k in LLAMA3_KEYS if k not in raw]
     if missing:
-        needs = ", ".join(_LLAMA3_KEYS)
+        needs = ", ".join(LLAMA3_KEYS)
         raise UnsupportedConfigError(f"{where}: field 'rope_scaling.{missing[0]}' is missing "
                                      f"(llama3 scaling needs all of {needs})")
+    return llama3_scaling(raw)
+
+
+def llama3_scaling(raw: dict) -> RopeScalingConfig:
+    """mindxh's llama3 RoPE scaling from a checked dict of `LLAMA3_KEYS` (HF and mindformers
+    name the four values alike)."""
     return RopeScalingConfig(type="llama3", factor=float(raw["factor"]),
                              low_freq_factor=float(raw["low_freq_factor"]),
                              high_freq_factor=float(raw["high_freq_factor"]),

@@ -28,11 +28,11 @@ from mindxh.config.schema import ModelConfig
 from mindxh.interop import mindformers_config as mfc
 from mindxh.interop import safetensors_io as st
 from mindxh.interop.hf import (
-    _fresh_dir,
-    _load_tokenizer,
-    _recipe,
-    _share,
     checked_tensors,
+    finetune_recipe,
+    fresh_dir,
+    load_tokenizer,
+    share_files,
 )
 from mindxh.interop.hf_config import ConversionError
 from mindxh.models.llama import state_dict_adapter as names
@@ -219,7 +219,7 @@ def _write_mindxh(tmp: Path, weights: dict, recipe, tok, source: dict) -> None:
     (tmp / ckpt.STATE_FILE).write_text(json.dumps(payload, indent=2, default=str) + "\n",
                                        encoding="utf-8")
     (tmp / ckpt.RECIPE_FILE).write_text(recipe_to_yaml(recipe), encoding="utf-8")
-    _share(tmp)
+    share_files(tmp)
 
 
 def _from_yaml(config: Path, tokenizer: str | Path | None, max_seq_len: int | None):
@@ -235,7 +235,7 @@ def _from_yaml(config: Path, tokenizer: str | Path | None, max_seq_len: int | No
     if tok_src is None:
         raise ConversionError(f"{config}: processor.tokenizer names no existing vocab_file; "
                               "pass --tokenizer FILE (a SentencePiece .model or tokenizer.json)")
-    tok = _load_tokenizer(tok_src)
+    tok = load_tokenizer(tok_src)
     if tok.vocab_size > model.vocab_size:
         raise ConversionError(f"tokenizer {tok_src} has {tok.vocab_size} tokens but the YAML's "
                               f"vocab_size is {model.vocab_size}")
@@ -247,7 +247,7 @@ def mindformers_recipe(config: str | Path, tokenizer: str | Path | None = None,
     """The mindxh recipe (YAML text) for the model a mindformers YAML describes."""
     config = Path(config)
     _, model, tok_src, tok = _from_yaml(config, tokenizer, max_seq_len)
-    return recipe_to_yaml(_recipe(config.stem, model, tok_src.resolve(), tok.vocab_size))
+    return recipe_to_yaml(finetune_recipe(config.stem, model, tok_src.resolve(), tok.vocab_size))
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -263,9 +263,9 @@ def mindformers_to_mindxh(checkpoint: str | Path, config: str | Path, out: str |
     checkpoint, config, out = Path(checkpoint), Path(config), Path(out)
     mc, model, tok_src, tok = _from_yaml(config, tokenizer, max_seq_len)
     weights = mindformers_to_mindxh_tensors(read_mindformers_weights(checkpoint), model, checkpoint)
-    tmp = _fresh_dir(out)
+    tmp = fresh_dir(out)
     _copy_tokenizer(tok_src, tmp)
-    recipe = _recipe(checkpoint.stem, model, out.resolve() / tok_src.name, tok.vocab_size)
+    recipe = finetune_recipe(checkpoint.stem, model, out.resolve() / tok_src.name, tok.vocab_size)
     source = {"format": "mindformers", "path": str(checkpoint.resolve()), "config": mc}
     _write_mindxh(tmp, weights, recipe, tok, source)
     swap_in(tmp, out)
@@ -307,12 +307,12 @@ def mindxh_to_mindformers(checkpoint: str | Path, out: str | Path, qkv_concat: b
         if isinstance(source.get(key), int) and source[key] >= model.max_seq_len:  # in: restore
             mc[key] = source[key]
     tensors = mindxh_to_mindformers_tensors(saved.model, model, qkv_concat)
-    tmp = _fresh_dir(out)
+    tmp = fresh_dir(out)
     write_mindformers_weights(tmp / FORMATS[fmt], tensors, dtype)
     _copy_tokenizer(tok_src, tmp)
     text = mfc.mindformers_yaml(mc, out.resolve() / tok_src.name)
     (tmp / YAML_FILE).write_text(text, encoding="utf-8")
-    _share(tmp)
+    share_files(tmp)
     swap_in(tmp, out)
     log.info("wrote %s (%s, %s, %d tensors, qkv_concat=%s) from %s", out, fmt, dtype,
              len(tensors), qkv_concat, checkpoint_dir)

@@ -13,7 +13,12 @@ from typing import Any
 import yaml
 
 from mindxh.config.schema import ModelConfig, RopeScalingConfig
-from mindxh.interop.hf_config import ConversionError, UnsupportedConfigError
+from mindxh.interop.hf_config import (
+    LLAMA3_KEYS,
+    ConversionError,
+    UnsupportedConfigError,
+    llama3_scaling,
+)
 
 CONFIG_TYPE, ARCH_TYPE = "LlamaConfig", "LlamaForCausalLM"
 # LlamaConfig's own defaults for the keys that shape the model
@@ -37,7 +42,6 @@ _IGNORED = {"batch_size", "bos_token_id", "eos_token_id", "pad_token_id", "ignor
             "input_sliced_sig", "rmsnorm_compute_2d", "chunk_prefill", "use_fused_swiglu",
             "calculate_per_token_loss", "pipeline_stage", "return_hidden_states",
             "use_3d_tensor_parallel", "tp_x", "tp_y", "tp_z", "auto_register", "seq_split_num"}
-_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def _refuse(where: str, key: str, value: Any, why: str) -> UnsupportedConfigError:
@@ -92,14 +96,10 @@ def _rope_scaling(mc: dict, where: str) -> RopeScalingConfig:
         raise _refuse(where, "extend_method", method, "mindxh implements only LLAMA3 (Llama 3.1) "
                       "scaling; PI, NTK, YARN, DYNAMIC_NTK and linear are not")
     raw = mc.get("scaling_factor")
-    if not isinstance(raw, dict) or set(raw) != set(_LLAMA3_KEYS):
+    if not isinstance(raw, dict) or set(raw) != set(LLAMA3_KEYS):
         raise _refuse(where, "scaling_factor", raw,
-                      f"LLAMA3 needs exactly {', '.join(_LLAMA3_KEYS)}")
-    return RopeScalingConfig(type="llama3", factor=float(raw["factor"]),
-                             low_freq_factor=float(raw["low_freq_factor"]),
-                             high_freq_factor=float(raw["high_freq_factor"]),
-                             original_max_position_embeddings=int(
-                                 raw["original_max_position_embeddings"]))
+                      f"LLAMA3 needs exactly {', '.join(LLAMA3_KEYS)}")
+    return llama3_scaling(raw)
 
 
 def _check_fields(mc: dict, where: str) -> None:

@@ -7,6 +7,7 @@ new one, never a torn one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["atomic_write", "atomic_write_json", "fsync_path", "read_jsonl", "write_jsonl"]
+__all__ = ["atomic_write", "atomic_write_json", "file_sha256", "fsync_path", "read_jsonl", "write_jsonl"]
 
 
 def fsync_path(path: str | os.PathLike[str] | Path) -> None:
@@ -86,3 +87,12 @@ def swap_in(tmp: Path, out: Path) -> None:
         os.rename(out, old)
     os.rename(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike[str], block: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks (manifests of shards, exports, sources)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
