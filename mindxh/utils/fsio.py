@@ -71,8 +71,37 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _clear_stale(out: Path) -> None:
+    """Siblings a killed process left: its half-filled `.NAME.tmp-PID` goes; its set-aside
+    `.NAME.old-PID` is put back if the kill came between the two renames of `swap_in` (so no
+    `out`), and goes otherwise. Folders of live processes are theirs and stay."""
+    if not out.parent.is_dir():
+        return
+    for kind in ("old", "tmp"):
+        for path in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = path.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.rename(path, out)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def staging_dir(out: Path) -> Path:
-    """A fresh hidden sibling of `out` (`.NAME.tmp-PID`) to fill and check before `swap_in`."""
+    """A fresh hidden sibling of `out` (`.NAME.tmp-PID`) to fill and check before `swap_in`;
+    what an earlier, killed process left beside `out` is cleared first."""
+    _clear_stale(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
