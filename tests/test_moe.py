@@ -131,7 +131,7 @@ def test_aux_loss_is_switch_gshard_formula(ms, k):
 
 
 def test_bias_balancing_moves_a_skewed_router_towards_uniform(ms):
-    from mindxh.models.llama.moe import ExpertBalance
+    from mindxh.train.moe_balance import ExpertBalance
 
     cfg = config(scoring="sigmoid", balance="bias", bias_update_rate=0.01, capacity_factor=None)
     router = np.random.default_rng(3).normal(0, 0.1, (4, 8)).astype(np.float32)

@@ -57,59 +57,58 @@ def _grad_fn(loss_cell: nn.Cell, optimizer: AdamW):
                               has_aux=True)
 
 
-class TrainStep(nn.Cell):
+class _Gradients(nn.Cell):
+    """What both step cells do first: the loss and its gradients at scale 1, reduced over
+    pipeline micro-batches and data-parallel ranks."""
+
+    def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int,
+                 microbatching: Microbatching | None):
+        super().__init__(auto_prefix=False)
+        self.loss_cell, self.pp_reduce, self.inv_micro = _pipelined(loss_cell, optimizer,
+                                                                    microbatching)
+        self.scaler = optimizer.loss_scaler
+        self.grad_fn = _grad_fn(self.loss_cell, optimizer)
+        self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
+
+    def loss_and_grads(self, *batch):
+        if self.scaler is None:
+            loss, grads = self.grad_fn(*batch)
+        else:  # the true loss; gradients of loss * scale, brought back to scale 1 below
+            (_, loss), grads = self.grad_fn(*batch)
+        if self.pp_reduce is not None:  # before unscaling: the reducer returns its own buffers
+            loss, grads = loss * self.inv_micro, self.pp_reduce(grads)
+        if self.scaler is not None:
+            grads = self.scaler.unscale(grads)
+        if self.dp_mean is not None:
+            loss, grads = self.dp_mean(loss, grads)
+        return loss, grads
+
+
+class TrainStep(_Gradients):
     """(*batch) -> (loss, grad_norm, lr, ok); `batch` is whatever the loss cell takes."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int = 1,
                  microbatching: Microbatching | None = None):
-        super().__init__(auto_prefix=False)
-        self.loss_cell, self.pp_reduce, self.inv_micro = _pipelined(loss_cell, optimizer,
-                                                                    microbatching)
+        super().__init__(loss_cell, optimizer, data_parallel, microbatching)
         self.optimizer = optimizer
-        self.scaler = optimizer.loss_scaler
-        self.grad_fn = _grad_fn(self.loss_cell, optimizer)
-        self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
 
     def construct(self, *batch):
-        if self.scaler is None:
-            loss, grads = self.grad_fn(*batch)
-        else:  # the true loss; gradients of loss * scale, brought back to scale 1 below
-            (_, loss), grads = self.grad_fn(*batch)
-        if self.pp_reduce is not None:  # before unscaling: the reducer returns its own buffers
-            loss, grads = loss * self.inv_micro, self.pp_reduce(grads)
-        if self.scaler is not None:
-            grads = self.scaler.unscale(grads)
-        if self.dp_mean is not None:
-            loss, grads = self.dp_mean(loss, grads)
+        loss, grads = self.loss_and_grads(*batch)
         grad_norm, lr, ok = self.optimizer(grads, loss)
         return loss, grad_norm, lr, ok
 
 
-class AccumulateStep(nn.Cell):
+class AccumulateStep(_Gradients):
     """(*batch) -> loss; adds grads / accum into `buffers`."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1,
                  microbatching: Microbatching | None = None):
-        super().__init__(auto_prefix=False)
-        self.loss_cell, self.pp_reduce, self.inv_micro = _pipelined(loss_cell, optimizer,
-                                                                    microbatching)
-        self.scaler = optimizer.loss_scaler
-        self.grad_fn = _grad_fn(self.loss_cell, optimizer)
-        self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
+        super().__init__(loss_cell, optimizer, data_parallel, microbatching)
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
 
     def construct(self, *batch):
-        if self.scaler is None:
-            loss, grads = self.grad_fn(*batch)
-        else:  # the true loss; gradients of loss * scale, brought back to scale 1 below
-            (_, loss), grads = self.grad_fn(*batch)
-        if self.pp_reduce is not None:  # before unscaling: the reducer returns its own buffers
-            loss, grads = loss * self.inv_micro, self.pp_reduce(grads)
-        if self.scaler is not None:
-            grads = self.scaler.unscale(grads)
-        if self.dp_mean is not None:
-            loss, grads = self.dp_mean(loss, grads)
+        loss, grads = self.loss_and_grads(*batch)
         for buf, g in zip(self.buffers, grads):
             ops.assign_add(buf, g * self.inv_accum)
         return loss

@@ -143,7 +143,7 @@ class _Session:
     samples: SampleLog
     flops_per_token: float
     peak: float
-    moe: Any  # models.llama.moe.MoEMonitor: bias balancing and routing metrics; None if dense
+    moe: Any  # train.moe_balance.MoEMonitor: bias balancing and routing metrics; None if dense
 
     @classmethod
     def open(cls, recipe: Recipe, out: Path, resume: bool) -> _Session:
@@ -184,7 +184,7 @@ class _Session:
         log.info("model: %s parameters (%s non-embedding); %.3g FLOPs/token; peak %.3g FLOP/s (%s)",
                  f"{cells.params['total']:,}", f"{cells.params['non_embedding']:,}",
                  flops_per_token, peak, peak_source)
-        from mindxh.models.llama.moe import monitor
+        from mindxh.train.moe_balance import monitor
 
         return cls(r, run, cells, source, eval_batches, samples, flops_per_token, peak,
                    monitor(cells.model, r.parallel.data_parallel))
