@@ -130,6 +130,34 @@ def test_resume_after_kill_9_at_an_arbitrary_moment_is_bitwise_identical(tmp_pat
     _same_run(straight, out)
 
 
+def test_ctrl_c_at_a_terminal_mid_training_prints_one_line_and_resumes(tmp_path, tiny_tokenizer,
+                                                                       straight):
+    """MindSpore's graph runtime turns SIGINT into a SIGTERM to its process (status 143, no
+    message); at a terminal mindxh takes it as the Ctrl-C it was: `interrupted`, status 130."""
+    import os
+
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "mindxh", "train", str(TINY), "--output-dir", str(out), "--no-progress",
+           "--max-steps", "30", "--set", "train.log_every=5", "--set", "train.keep_last=5",
+           "--set", f"tokenizer.path={tiny_tokenizer}", "--set", "data.heldout_batches=1",
+           "--set", "train.checkpoint_every=2"]
+    terminal, user = os.openpty()
+    proc = subprocess.Popen(cmd, stdin=user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    os.close(user)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-00000004").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # mid-training, as a user's Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    os.close(terminal)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.rstrip().endswith("interrupted") and "Traceback" not in err
+    res = run_cli(*cmd[3:], "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    _same_run(straight, out)
+
+
 def test_same_recipe_and_seed_are_bitwise_reproducible(tmp_path, tiny_tokenizer, straight):
     again = tmp_path / "again"
     assert _train(again, tiny_tokenizer).returncode == 0

@@ -1,12 +1,13 @@
 """`mindxh` command line: one sub-command per stage, all driven by recipes.
 
 User errors (bad recipe, missing file, unusable output directory) print one `error:` line
-and exit 2; a traceback means a bug in mindxh.
+and exit 2; a traceback means a bug in mindxh. Ctrl-C prints `interrupted` and exits 130.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from mindxh.cli import (
@@ -45,6 +46,20 @@ def _setup_logging(verbose: bool) -> None:
     root.propagate = False
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_sigterm() -> None:
+    """MindSpore's graph runtime answers Ctrl-C (SIGINT) by sending its process SIGTERM, which
+    ended a training command with no message and status 143. At a terminal, SIGTERM is taken
+    as the interrupt it stands for: KeyboardInterrupt, so the command prints `interrupted` and
+    exits 130, and the run resumes as after any stop. Elsewhere (a launcher, a scheduler)
+    SIGTERM keeps its default, so a process stuck inside a kernel still dies of it."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindxh", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -68,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    _interrupt_on_sigterm()
     try:
         return args.func(args) or 0
     except MindxhError as exc:
