@@ -118,17 +118,23 @@ def test_grpo_resumed_from_its_checkpoint_matches_an_uninterrupted_run(toy_run, 
     def run(steps, where, resume=False):
         r = with_overrides(recipe, {"grpo.steps": steps, "grpo.checkpoint_every": 1,
                                     "grpo.eval_every": 0})
-        GRPOTrainer(r, tok, Path(sft), where, resume=resume).run(val)
-        return load_checkpoint(latest_checkpoint(where))
+        result = GRPOTrainer(r, tok, Path(sft), where, resume=resume).run(val)
+        return result, load_checkpoint(latest_checkpoint(where))
 
-    whole = run(3, tmp_path / "whole")
-    run(2, tmp_path / "split")
-    resumed = run(3, tmp_path / "split", resume=True)
+    _, whole = run(3, tmp_path / "whole")
+    first, _ = run(2, tmp_path / "split")
+    second, resumed = run(3, tmp_path / "split", resume=True)
     assert resumed.step == whole.step == 3
     for name, value in whole.model.items():
         assert np.array_equal(value, resumed.model[name]), name
     for name, value in whole.optimizer.items():
         assert np.array_equal(value, resumed.optimizer[name]), name
+    # the run's seconds add up over sessions (the pipeline's more-SFT control is sized by them),
+    # and a resume with nothing left to train still reports the last validation accuracy
+    assert second.wall_s > first.wall_s and second.accuracy is not None
+    third, _ = run(3, tmp_path / "split", resume=True)
+    assert third.steps == 3 and third.accuracy == second.accuracy
+    assert third.wall_s >= resumed.state["train_s"] > first.wall_s
 
 
 class _Killed(Exception):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class GRPOResult:
     output_dir: Path
     steps: int
     accuracy: float | None  # validation accuracy after the last step
-    wall_s: float
+    wall_s: float  # seconds of GRPO over every session of the run (a resume adds to them)
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,11 @@ def _check_prompt_room(r: Recipe, tok: Tokenizer, row_len: int, validation) -> N
             f"least {longest + g.max_new_tokens - 1}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Session:
-    """Everything one `GRPOTrainer.run` needs, built whole before its first step."""
+    """Everything one `GRPOTrainer.run` needs, built whole before its first step; and what
+    the checkpoints carry across sessions besides the weights (the problem stream's place,
+    the training seconds so far, the last validation accuracy)."""
 
     recipe: Recipe
     tok: Tokenizer
@@ -154,6 +156,9 @@ class _Session:
     run: Run
     policy: _Policy
     problems: RLStream
+    earlier_s: float = 0.0  # training seconds of the sessions before this one
+    accuracy: float | None = None  # the last validation accuracy
+    started: float = field(default_factory=time.perf_counter)
 
     @classmethod
     def open(cls, r: Recipe, tok: Tokenizer, init_from: Path, out: Path, resume: bool,
@@ -163,14 +168,26 @@ class _Session:
         _check_prompt_room(r, tok, row_len, validation)
         policy = _Policy.build(r, tok, init_from, row_len)
         problems = RLStream(r.data.tasks, r.seed, r.sft.level, r.grpo.prompts_per_step)
-        run = run_dir.start(recipe_to_yaml(r), policy.model, policy.optimizer,
-                            lambda state: problems.load_state(state["problem_index"]))
+        restored: dict = {}
+
+        def restore(state: dict) -> None:
+            problems.load_state(state["problem_index"])
+            restored.update(state)
+
+        run = run_dir.start(recipe_to_yaml(r), policy.model, policy.optimizer, restore)
         if run.resumed:
             log.info("GRPO resumed from %s (step %d)", run_dir.latest, run.step)
-        return cls(r, tok, init_from, row_len, run, policy, problems)
+        return cls(r, tok, init_from, row_len, run, policy, problems,
+                   earlier_s=float(restored.get("train_s", 0.0)),
+                   accuracy=restored.get("val_accuracy"))
+
+    def train_s(self) -> float:
+        """Seconds of GRPO so far, over every session (up to each one's last checkpoint)."""
+        return self.earlier_s + time.perf_counter() - self.started
 
     def state(self) -> dict:
-        return {"problem_index": self.problems.state(), "init_from": str(self.init_from)}
+        return {"problem_index": self.problems.state(), "init_from": str(self.init_from),
+                "train_s": round(self.train_s(), 3), "val_accuracy": self.accuracy}
 
     def _sample(self, problems: list, step: int):
         from mindxh.generate.sampling import SamplingConfig
@@ -242,21 +259,19 @@ class GRPOTrainer:
             release_lock(self.out)
 
     def _run(self, validation: list) -> GRPOResult:
-        start = time.perf_counter()
         s = _Session.open(self.r, self.tok, self.init_from, self.out, self.resume, validation)
         run, g = s.run, self.g
         step = run.step
-        accuracy = None
         if step == 0:
-            accuracy = s.validate(validation)
-            run.log_metrics({"step": 0, "val_accuracy": accuracy})
-            log.info("GRPO step 0: validation accuracy %.1f%%", 100 * accuracy)
+            s.accuracy = s.validate(validation)
+            run.log_metrics({"step": 0, "val_accuracy": s.accuracy})
+            log.info("GRPO step 0: validation accuracy %.1f%%", 100 * s.accuracy)
         while step < g.steps:
             record = s.step(step)
             step += 1
             last = step == g.steps
             if last or (g.eval_every and step % g.eval_every == 0):
-                accuracy = record["val_accuracy"] = s.validate(validation)
+                accuracy = s.accuracy = record["val_accuracy"] = s.validate(validation)
             run.log_metrics(record)
             log.info("GRPO step %d/%d | reward %.3f±%.3f | sample acc %.1f%% | len %.1f | "
                      "groups %d | kl %.4f | clip %.3f | %.1fs sample + %.1fs reward + %.1fs update%s",
@@ -267,4 +282,4 @@ class GRPOTrainer:
                      f" | validation {100 * accuracy:.1f}%" if "val_accuracy" in record else "")
             if last or step % g.checkpoint_every == 0:
                 run.save(step, s.state)
-        return GRPOResult(self.out, step, accuracy, time.perf_counter() - start)
+        return GRPOResult(self.out, step, s.accuracy, s.train_s())
