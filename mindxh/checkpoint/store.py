@@ -316,8 +316,7 @@ def clean_stale_temporaries(root: str | Path) -> list[Path]:
             logger.warning("restored set-aside checkpoint %s -> %s", entry, final)
             continue
         shutil.rmtree(entry)
-        removed.append(entry)
-        logger.info("removed stale checkpoint temporary %s", entry)
+        removed.append(entry)  # the caller says what it removed (once: the trainer warns)
     if removed:
         _fsync_path(ckpt_dir)
     return removed
