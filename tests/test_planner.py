@@ -178,6 +178,8 @@ def test_side_by_side_ratio(small):
 def test_user_errors_exit_2_with_one_line(small):
     res = run_cli("plan", str(small), "--hardware", "tpu")
     assert res.returncode == 2 and res.stderr.startswith("error: unknown hardware 'tpu'")
+    res = run_cli("plan", str(small), "--hardware", "910B,910B", "--json")  # one ratio per profile
+    assert res.returncode == 2 and "names ascend-910b2 twice" in res.stderr and not res.stdout
     res = run_cli("plan", str(small), "--set", "model.hiden_size=3")
     assert res.returncode == 2 and "did you mean 'hidden_size'" in res.stderr.lower()
     res = run_cli("plan", str(small), "--hardware", "cpu")  # bf16 has no CPU peak

@@ -51,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in (args.hardware or recipe.cluster.hardware).split(",") if n.strip()]
     if not names:
         raise RecipeError("--hardware: name at least one profile, e.g. 910B or 910B,H100")
-    plans = [make_plan(recipe, profile_for(n), problems) for n in names]
+    profiles = [profile_for(n) for n in names]
+    seen = [p.name for p in profiles]
+    twice = next((n for n in seen if seen.count(n) > 1), None)
+    if twice is not None:
+        raise RecipeError(f"--hardware {args.hardware}: names {twice} twice; a side-by-side "
+                          "compares different profiles")
+    plans = [make_plan(recipe, profile, problems) for profile in profiles]
     if args.json:
         payload = plans[0].to_dict() if len(plans) == 1 else side_by_side_dict(plans)
         print(json.dumps(payload, indent=2))
