@@ -37,9 +37,9 @@ def test_the_parser_recovers_the_true_steps_of_every_generated_problem(level):
 
 def test_every_template_of_the_generator_parses():
     fields = {"name": "Maya", "friend": "Leo", "plural": "coins"}
-    for start in synthetic._START:
-        for question in synthetic._QUESTIONS:
-            for op, templates in synthetic._OPS.items():
+    for start in synthetic.START_TEMPLATES:
+        for question in synthetic.QUESTION_TEMPLATES:
+            for op, templates in synthetic.OP_TEMPLATES.items():
                 for t in templates:
                     sentences = [start.format(a="1 coin", **fields),
                                  t.format(b="12 coins", more="12 more coins", n=12, **fields),

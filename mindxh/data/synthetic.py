@@ -92,22 +92,24 @@ class Problem:
         return self.prompt() + "\n" + self.response()
 
 
-_NAMES = (
+# The task's vocabulary and sentence templates; public because tasks/arith_errors.py parses
+# the solutions they make (a test keeps the two in step)
+NAMES = (
     "Anna", "Ben", "Carla", "Dev", "Emma", "Farid", "Grace", "Hugo",
     "Ines", "Jamal", "Kim", "Leo", "Maya", "Noah", "Olga", "Priya",
 )
-_OBJECTS = (
+OBJECTS = (
     ("apple", "apples"), ("marble", "marbles"), ("coin", "coins"),
     ("sticker", "stickers"), ("book", "books"), ("pencil", "pencils"),
     ("card", "cards"), ("shell", "shells"), ("stamp", "stamps"),
 )
-_START = (
+START_TEMPLATES = (
     "{name} has {a}.",
     "{name} starts with {a}.",
     "At first, {name} owns {a}.",
     "{name} keeps {a} in a box.",
 )
-_OPS = {
+OP_TEMPLATES = {
     "+": (
         "{name} buys {more}.",
         "{name} finds {b}.",
@@ -125,7 +127,7 @@ _OPS = {
         "The number of {plural} {name} has becomes {n} times as large.",
     ),
 }
-_QUESTIONS = (
+QUESTION_TEMPLATES = (
     "How many {plural} does {name} have now?",
     "How many {plural} does {name} have in the end?",
     "What is the number of {plural} {name} has now?",
@@ -172,14 +174,14 @@ def generate(seed: int, index: int, level: int) -> Problem:
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     rng = np.random.default_rng([seed, index, level])
-    name_i = int(rng.integers(len(_NAMES)))
-    friend = _NAMES[(name_i + 1 + int(rng.integers(len(_NAMES) - 1))) % len(_NAMES)]
-    fmt = {"name": _NAMES[name_i], "friend": friend}
-    obj = _OBJECTS[int(rng.integers(len(_OBJECTS)))]
+    name_i = int(rng.integers(len(NAMES)))
+    friend = NAMES[(name_i + 1 + int(rng.integers(len(NAMES) - 1))) % len(NAMES)]
+    fmt = {"name": NAMES[name_i], "friend": friend}
+    obj = OBJECTS[int(rng.integers(len(OBJECTS)))]
     fmt["plural"] = obj[1]
 
     value = int(rng.integers(1, spec.max_operand + 1))
-    sentences = [_pick(rng, _START).format(a=_count(value, obj), **fmt)]
+    sentences = [_pick(rng, START_TEMPLATES).format(a=_count(value, obj), **fmt)]
     steps: list[str] = []
     n_ops = int(rng.integers(spec.min_ops, spec.max_ops + 1))
     for _ in range(n_ops):
@@ -194,12 +196,12 @@ def generate(seed: int, index: int, level: int) -> Problem:
         else:
             b = int(rng.integers(2, spec.max_factor + 1))
             new = value * b
-        sentences.append(_pick(rng, _OPS[op]).format(
+        sentences.append(_pick(rng, OP_TEMPLATES[op]).format(
             b=_count(b, obj), more=f"{b} more {obj[0] if b == 1 else obj[1]}", n=b, **fmt
         ))
         steps.append(f"{value}{op}{b}={new}")
         value = new
-    sentences.append(_pick(rng, _QUESTIONS).format(**fmt))
+    sentences.append(_pick(rng, QUESTION_TEMPLATES).format(**fmt))
     return Problem(question=" ".join(sentences), steps=tuple(steps), answer=value, level=level)
 
 

@@ -42,12 +42,12 @@ def _alternation(words: Iterable[str]) -> str:
     return "(?:" + "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True)) + ")"
 
 
-_NOUN = _alternation(w for pair in synthetic._OBJECTS for w in pair)
+_NOUN = _alternation(w for pair in synthetic.OBJECTS for w in pair)
 # each template field as `generate` fills it; `value` is the number the sentence states
 _FIELDS = {
-    "name": _alternation(synthetic._NAMES),
-    "friend": _alternation(synthetic._NAMES),
-    "plural": _alternation(pair[1] for pair in synthetic._OBJECTS),
+    "name": _alternation(synthetic.NAMES),
+    "friend": _alternation(synthetic.NAMES),
+    "plural": _alternation(pair[1] for pair in synthetic.OBJECTS),
     "a": rf"(?P<value>\d+) {_NOUN}",  # _count(a, obj)
     "b": rf"(?P<value>\d+) {_NOUN}",  # _count(b, obj)
     "more": rf"(?P<value>\d+) more {_NOUN}",
@@ -74,9 +74,9 @@ def _template_regex(template: str, numbers: int) -> re.Pattern:
     return re.compile("".join(parts))
 
 
-_START_RES = tuple(_template_regex(t, 1) for t in synthetic._START)
-_OP_RES = tuple((op, _template_regex(t, 1)) for op, ts in synthetic._OPS.items() for t in ts)
-_QUESTION_RES = tuple(_template_regex(t, 0) for t in synthetic._QUESTIONS)
+_START_RES = tuple(_template_regex(t, 1) for t in synthetic.START_TEMPLATES)
+_OP_RES = tuple((op, _template_regex(t, 1)) for op, ts in synthetic.OP_TEMPLATES.items() for t in ts)
+_QUESTION_RES = tuple(_template_regex(t, 0) for t in synthetic.QUESTION_TEMPLATES)
 
 
 def _sentence_end(question: str, end: int) -> int | None:
