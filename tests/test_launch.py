@@ -164,6 +164,43 @@ def test_a_crashed_rank_stops_the_whole_job_within_seconds(tmp_path):
     assert _left_behind(mark) == []
 
 
+def _stuck_job(tmp_path: Path, mark: str) -> subprocess.Popen:
+    """A launched job of two STUCK_WORKER ranks, returned once both are running."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MINDXH_TEST_MARK": mark}
+    proc = subprocess.Popen([sys.executable, "-m", "mindxh", "launch", "--nproc", "2",
+                             "--worker-script", _script(tmp_path, STUCK_WORKER), str(TINY),
+                             "--output-dir", str(out)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    logs = [out / "logs" / f"worker_{r}.log" for r in (0, 1)]
+    deadline = time.time() + 90
+    while not all(p.exists() and "ready" in p.read_text() for p in logs):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_or_a_killed_launcher_ends_every_rank(tmp_path):
+    """SIGHUP (a closed terminal or ssh) tears the job down like Ctrl-C; after kill -9 of the
+    launcher, which tears nothing down, each rank's wrapper stops its rank by itself."""
+    mark = uuid.uuid4().hex
+    proc = _stuck_job(tmp_path / "hup", mark)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.rstrip().endswith("interrupted"), err[-3000:]
+    assert _left_behind(mark) == []
+    mark = uuid.uuid4().hex
+    proc = _stuck_job(tmp_path / "kill", mark)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 40  # the wrappers look once a second, then give 10 s of grace
+    while _left_behind(mark) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _left_behind(mark) == []
+
+
 @pytest.mark.slow
 def test_ctrl_c_kills_every_rank(tmp_path):
     out, mark = tmp_path / "run", uuid.uuid4().hex

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mindxh.errors import MindxhError
 from mindxh.launch import procs
-from mindxh.launch.worker import EXIT_SUFFIX, process_name
+from mindxh.launch.worker import EXIT_SUFFIX, LAUNCHER_ENV, process_name
 
 __all__ = ["LaunchFailed", "LaunchResult", "free_port", "msrun_command", "supervise"]
 
@@ -181,11 +181,13 @@ def supervise(nproc: int, args: list[str], log_dir: str | Path,
     token = uuid.uuid4().hex
     bin_dir = os.path.dirname(sys.executable)  # msrun starts `python` from PATH: ours first
     full_env = {**os.environ, **(env or {}), procs.TOKEN_ENV: token, "PYTHONUNBUFFERED": "1",
-                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                LAUNCHER_ENV: str(os.getpid())}  # ranks outlive no launcher, even a kill -9'd one
     start = time.monotonic()
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # `kill LAUNCHER` tears down too
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # `kill LAUNCHER` tears down too,
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # and so does a closed terminal or ssh
+            previous[sig] = signal.signal(sig, _raise_interrupt)
     try:
         with open(log_dir / MSRUN_LOG, "wb") as out:
             proc = subprocess.Popen(msrun_command(nproc, log_dir, args), stdout=out,
@@ -212,8 +214,8 @@ def supervise(nproc: int, args: list[str], log_dir: str | Path,
             if left:
                 log.warning("could not kill processes %s of the job", left)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     exits = job.exits()
     missing = [r for r in range(nproc) if exits.get(f"worker_{r}", (None,))[0] != 0]
     if missing:  # msrun said success, yet a rank has no (zero) exit status
