@@ -61,3 +61,20 @@ def write_prepared(directory: Path, rows: list[PackedRow], seq_len: int, tokeniz
                 "loss_tokens": loss_tokens, "rows": len(rows), "shards": entries}
     (directory / shards.MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     return directory
+
+
+def masked_dataset(directory: Path, tokenizer_sha256: str, n: int = 96, seq_len: int = 64,
+                   seed: int = 0) -> Path:
+    """SFT-like rows: random documents whose first 4..seq_len-5 labels are masked (a prompt),
+    so rows, ranks and micro-batches hold different numbers of loss tokens."""
+    from dataclasses import replace
+
+    from mindxh.data.packing import IGNORE
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for row in random_rows(n, seq_len, 512, seed):
+        labels = row.labels.copy()
+        labels[: int(rng.integers(4, seq_len - 4))] = IGNORE
+        rows.append(replace(row, labels=labels))
+    return write_prepared(directory, rows, seq_len, tokenizer_sha256, kind="sft")

@@ -27,8 +27,20 @@ def _metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_rank_data_parallel_matches_one_process_with_the_global_batch(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("data", ["synthetic", "masked"])
+def test_two_rank_data_parallel_matches_one_process_with_the_global_batch(tmp_path, tiny_tokenizer,
+                                                                          data):
+    """`masked`: SFT-like rows whose prompts are out of the loss, so the ranks hold different
+    numbers of loss tokens; each rank's mean counts by its share (train.step.TokenWeighted)."""
     tok = ("--set", f"tokenizer.path={tiny_tokenizer}")
+    if data == "masked":
+        from prepared_data import masked_dataset
+
+        from mindxh.tokenizer import Tokenizer
+
+        path = masked_dataset(tmp_path / "sft", Tokenizer.load(tiny_tokenizer).sha256, n=192)
+        tok += ("--set", "data.source=prepared", "--set", f"data.datasets=[{{path: {path}}}]",
+                "--set", "train.seq_len=64")
     single = tmp_path / "single"
     res = run_cli("train", str(TINY), "--output-dir", str(single), *COMMON, *tok,
                   "--set", "train.batch_size=16", timeout=300)

@@ -176,6 +176,31 @@ def test_gradient_accumulation_matches_the_big_batch(tmp_path, tiny_tokenizer):
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
 
 
+def test_accumulation_weighs_every_loss_token_alike_on_masked_data(tmp_path, tiny_tokenizer):
+    """SFT-like rows (a prompt of random length masked out of the loss): 8 rows x 2 micro-batches
+    must train like 16 rows at once. Each micro-batch's mean counts by its share of the step's
+    loss tokens; an unweighted mean of the two means was off by ~1e-3 in loss and weights."""
+    from prepared_data import masked_dataset
+
+    from mindxh.tokenizer import Tokenizer
+
+    data = masked_dataset(tmp_path / "sft", Tokenizer.load(tiny_tokenizer).sha256)
+    common = ("--max-steps", "4", "--set", "train.log_every=1", "--set", "optim.warmup_steps=1",
+              "--set", "data.source=prepared", "--set", f"data.datasets=[{{path: {data}}}]",
+              "--set", "train.seq_len=64", "--set", "data.heldout_batches=0")
+    big, acc = tmp_path / "big", tmp_path / "acc"
+    res = _train(big, tiny_tokenizer, *common, "--set", "train.batch_size=16")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _train(acc, tiny_tokenizer, *common, "--set", "train.batch_size=8",
+                 "--set", "train.grad_accum=2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    for x, y in zip(metrics(big), metrics(acc), strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=2e-6)
+    wa = load_file(str(big / "checkpoints/step-00000004/model.safetensors"))
+    wb = load_file(str(acc / "checkpoints/step-00000004/model.safetensors"))
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-5
+
+
 def test_non_finite_loss_stops_without_a_checkpoint(tmp_path, tiny_tokenizer):
     out = tmp_path / "nan"
     res = _train(out, tiny_tokenizer, "--set", "model.init_std=1e30")

@@ -13,11 +13,17 @@ cell wrapped in MindSpore's pipeline cell (the batch cut into micro-batches, the
 summed) and take the gradients from its reducer (the mean over micro-batches of what the
 compiler accumulated), before unscaling; the loss they report is the micro-batch mean.
 Without it, again, nothing in the graph changes.
+With several ranks or micro-batches per optimizer step, each one's loss is re-weighted by its
+share of the step's loss tokens (`TokenWeighted`), so the step takes the mean over every loss
+token, as one process with the whole batch would; the cells then take one more input, the
+step's loss tokens on this rank. With one rank and one micro-batch the graph is unchanged.
 """
 from __future__ import annotations
 
+from mindspore import dtype as mstype
 from mindspore import nn, ops
 
+from mindxh.data.packing import IGNORE
 from mindxh.parallel.pipeline import Microbatching
 from mindxh.train.optim import AdamW
 from mindxh.train.precision import ScaledLoss
@@ -57,13 +63,37 @@ def _grad_fn(loss_cell: nn.Cell, optimizer: AdamW):
                               has_aux=True)
 
 
+class TokenWeighted(nn.Cell):
+    """(inputs, targets, positions, segment_ids, step_tokens) -> the loss cell's mean over this
+    micro-batch's loss tokens times parts * n / N: n its loss tokens, N the optimizer step's
+    over every rank and micro-batch, parts = ranks x micro-batches. The step averages over the
+    parts, so it takes the mean over all N tokens. Unweighted, a rank or micro-batch with few
+    loss tokens (SFT rows whose prompts are masked) counted as much as one with many, and
+    2 ranks x 8 rows did not train like 1 x 16. Equal counts give a weight of exactly 1."""
+
+    def __init__(self, loss_cell: nn.Cell, parts: int):
+        super().__init__(auto_prefix=False)
+        self.loss_cell = loss_cell
+        self.parts = float(parts)
+
+    def construct(self, inputs, targets, positions, segment_ids, step_tokens):
+        n = (targets != IGNORE).astype(mstype.float32).sum()
+        weight = ops.stop_gradient(self.parts * n / ops.maximum(step_tokens, 1.0))
+        return self.loss_cell(inputs, targets, positions, segment_ids) * weight
+
+
 class _Gradients(nn.Cell):
     """What both step cells do first: the loss and its gradients at scale 1, reduced over
-    pipeline micro-batches and data-parallel ranks."""
+    pipeline micro-batches and data-parallel ranks (token-weighted when there are several
+    ranks or micro-batches: `weighted`, and the batch ends with the step's loss tokens)."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int,
-                 microbatching: Microbatching | None):
+                 microbatching: Microbatching | None, accum: int = 1):
         super().__init__(auto_prefix=False)
+        self.weighted = microbatching is None and data_parallel * accum > 1
+        if self.weighted:
+            loss_cell = TokenWeighted(loss_cell, data_parallel * accum)
+        self.tokens_sum = ops.AllReduce() if self.weighted and data_parallel > 1 else None
         self.loss_cell, self.pp_reduce, self.inv_micro = _pipelined(loss_cell, optimizer,
                                                                     microbatching)
         self.scaler = optimizer.loss_scaler
@@ -71,6 +101,8 @@ class _Gradients(nn.Cell):
         self.dp_mean = _data_parallel_mean(optimizer, data_parallel)
 
     def loss_and_grads(self, *batch):
+        if self.tokens_sum is not None:  # this rank's loss tokens of the step -> every rank's
+            batch = batch[:-1] + (self.tokens_sum(batch[-1]),)
         if self.scaler is None:
             loss, grads = self.grad_fn(*batch)
         else:  # the true loss; gradients of loss * scale, brought back to scale 1 below
@@ -103,7 +135,7 @@ class AccumulateStep(_Gradients):
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1,
                  microbatching: Microbatching | None = None):
-        super().__init__(loss_cell, optimizer, data_parallel, microbatching)
+        super().__init__(loss_cell, optimizer, data_parallel, microbatching, accum)
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
 

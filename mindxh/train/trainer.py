@@ -23,6 +23,7 @@ import numpy as np
 
 from mindxh.config import Recipe, recipe_to_yaml
 from mindxh.data.loader import DataError
+from mindxh.data.packing import IGNORE
 from mindxh.models.accounting import mfu, training_flops_per_token
 from mindxh.tokenizer import Tokenizer
 from mindxh.train import runtime, warmstart
@@ -196,13 +197,21 @@ class _Session:
         return {"data": self.source.state_dict(), "rng": ms.get_rng_state().asnumpy().tolist(),
                 "seed": self.recipe.seed}
 
-    def _next_inputs(self, step: int) -> list:
-        """This rank's next micro-batch as the step cells' inputs (see batches.MODEL_INPUTS)."""
+    def _step_inputs(self, step: int, micro_batches: int, weighted: bool) -> list[list]:
+        """This rank's next micro-batches of the step as the step cells' inputs (see
+        batches.MODEL_INPUTS); `weighted` (step.TokenWeighted) appends the step's loss tokens
+        on this rank to each."""
         import mindspore as ms
 
-        batch = self.source.next_batch()
-        self.samples.record(step, batch)
-        return [ms.Tensor(batch[name]) for name in MODEL_INPUTS]
+        batches = [self.source.next_batch() for _ in range(micro_batches)]
+        for batch in batches:
+            self.samples.record(step, batch)
+        inputs = [[ms.Tensor(b[name]) for name in MODEL_INPUTS] for b in batches]
+        if weighted:
+            tokens = ms.Tensor(float(sum(int((b["labels"] != IGNORE).sum()) for b in batches)),
+                               ms.float32)
+            inputs = [i + [tokens] for i in inputs]
+        return inputs
 
     def one_step(self, step: int) -> tuple[float, float, float, bool]:
         """Optimizer step number `step` (1-based): (loss, grad_norm, lr, ok)."""
@@ -210,9 +219,10 @@ class _Session:
 
         c, accum = self.cells, self.recipe.train.grad_accum
         if accum == 1:
-            loss, norm, lr, ok = c.step_cell(*self._next_inputs(step))
+            loss, norm, lr, ok = c.step_cell(*self._step_inputs(step, 1, c.step_cell.weighted)[0])
             return float(loss.asnumpy()), float(norm.asnumpy()), float(lr.asnumpy()), bool(ok.asnumpy())
-        losses = [float(c.accumulate(*self._next_inputs(step)).asnumpy()) for _ in range(accum)]
+        losses = [float(c.accumulate(*inputs).asnumpy())
+                  for inputs in self._step_inputs(step, accum, c.accumulate.weighted)]
         mean = float(np.mean(np.asarray(losses, np.float32)))
         norm, lr, ok = c.step_cell(ms.Tensor(mean, ms.float32))
         return mean, float(norm.asnumpy()), float(lr.asnumpy()), bool(ok.asnumpy())
