@@ -254,7 +254,8 @@ def test_accumulated_float16_gradients_are_unscaled_and_overflows_skip_the_whole
         before = [p.asnumpy().copy() for p in model.trainable_params()]
         opt = AdamW(model.trainable_params(), cfg, 10, _scaler("dynamic", value=scale, window=100))
         acc = AccumulateStep(LossCell(model), opt, 2)
-        acc(inputs[:2], targets[:2]), acc(inputs[2:], targets[2:])
+        tokens = ms.Tensor(float(targets.size), ms.float32)  # the step's loss tokens (TokenWeighted)
+        acc(inputs[:2], targets[:2], tokens), acc(inputs[2:], targets[2:], tokens)
         if ok:
             for buf, g in zip(acc.buffers, want):
                 err = np.abs(buf.asnumpy() - g.asnumpy()).max()

@@ -17,6 +17,8 @@ With several ranks or micro-batches per optimizer step, each one's loss is re-we
 share of the step's loss tokens (`TokenWeighted`), so the step takes the mean over every loss
 token, as one process with the whole batch would; the cells then take one more input, the
 step's loss tokens on this rank. With one rank and one micro-batch the graph is unchanged.
+Under semi-auto parallel (Ascend), where the ranks feed slices of one logical batch, the
+trainer turns it off (`token_weighted=False`): micro-batch means are averaged as before.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def _grad_fn(loss_cell: nn.Cell, optimizer: AdamW):
 
 
 class TokenWeighted(nn.Cell):
-    """(inputs, targets, positions, segment_ids, step_tokens) -> the loss cell's mean over this
+    """(*batch, step_tokens) -> the loss cell's mean over this
     micro-batch's loss tokens times parts * n / N: n its loss tokens, N the optimizer step's
     over every rank and micro-batch, parts = ranks x micro-batches. The step averages over the
     parts, so it takes the mean over all N tokens. Unweighted, a rank or micro-batch with few
@@ -76,10 +78,11 @@ class TokenWeighted(nn.Cell):
         self.loss_cell = loss_cell
         self.parts = float(parts)
 
-    def construct(self, inputs, targets, positions, segment_ids, step_tokens):
-        n = (targets != IGNORE).astype(mstype.float32).sum()
+    def construct(self, *batch_and_tokens):
+        batch, step_tokens = batch_and_tokens[:-1], batch_and_tokens[-1]
+        n = (batch[1] != IGNORE).astype(mstype.float32).sum()  # batch: (inputs, targets, ...)
         weight = ops.stop_gradient(self.parts * n / ops.maximum(step_tokens, 1.0))
-        return self.loss_cell(inputs, targets, positions, segment_ids) * weight
+        return self.loss_cell(*batch) * weight
 
 
 class _Gradients(nn.Cell):
@@ -88,9 +91,9 @@ class _Gradients(nn.Cell):
     ranks or micro-batches: `weighted`, and the batch ends with the step's loss tokens)."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int,
-                 microbatching: Microbatching | None, accum: int = 1):
+                 microbatching: Microbatching | None, accum: int = 1, token_weighted: bool = True):
         super().__init__(auto_prefix=False)
-        self.weighted = microbatching is None and data_parallel * accum > 1
+        self.weighted = token_weighted and microbatching is None and data_parallel * accum > 1
         if self.weighted:
             loss_cell = TokenWeighted(loss_cell, data_parallel * accum)
         self.tokens_sum = ops.AllReduce() if self.weighted and data_parallel > 1 else None
@@ -120,8 +123,8 @@ class TrainStep(_Gradients):
     """(*batch) -> (loss, grad_norm, lr, ok); `batch` is whatever the loss cell takes."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, data_parallel: int = 1,
-                 microbatching: Microbatching | None = None):
-        super().__init__(loss_cell, optimizer, data_parallel, microbatching)
+                 microbatching: Microbatching | None = None, token_weighted: bool = True):
+        super().__init__(loss_cell, optimizer, data_parallel, microbatching, 1, token_weighted)
         self.optimizer = optimizer
 
     def construct(self, *batch):
@@ -134,8 +137,8 @@ class AccumulateStep(_Gradients):
     """(*batch) -> loss; adds grads / accum into `buffers`."""
 
     def __init__(self, loss_cell: nn.Cell, optimizer: AdamW, accum: int, data_parallel: int = 1,
-                 microbatching: Microbatching | None = None):
-        super().__init__(loss_cell, optimizer, data_parallel, microbatching, accum)
+                 microbatching: Microbatching | None = None, token_weighted: bool = True):
+        super().__init__(loss_cell, optimizer, data_parallel, microbatching, accum, token_weighted)
         self.buffers = optimizer.params.clone(prefix="grad_accum", init="zeros")
         self.inv_accum = 1.0 / accum
 

@@ -125,10 +125,11 @@ class _Cells:
         # semi-auto parallel inserts the gradient reductions itself: no explicit data-parallel mean
         dp = 1 if needs_semi_auto(r.parallel) else r.parallel.data_parallel
         micro = microbatching(r.parallel)  # pipeline parallel: the step wraps the loss cell
+        weighted = not needs_semi_auto(r.parallel)  # see train.step: not verified on Ascend
         if r.train.grad_accum == 1:
             return cls(model, params, loss_cell, optimizer,
-                       TrainStep(loss_cell, optimizer, dp, micro), None)
-        accumulate = AccumulateStep(loss_cell, optimizer, r.train.grad_accum, dp, micro)
+                       TrainStep(loss_cell, optimizer, dp, micro, weighted), None)
+        accumulate = AccumulateStep(loss_cell, optimizer, r.train.grad_accum, dp, micro, weighted)
         return cls(model, params, loss_cell, optimizer, ApplyStep(accumulate, optimizer), accumulate)
 
 
