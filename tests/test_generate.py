@@ -21,8 +21,10 @@ CONFIGS = {
 class FakeTokenizer:
     """Ids as text; stop ids chosen per test."""
 
-    def __init__(self, eos_id: int = 3, answer_end_id: int | None = 7, unk_id: int = 0):
+    def __init__(self, eos_id: int = 3, answer_end_id: int | None = 7, unk_id: int = 0,
+                 vocab_size: int = VOCAB):
         self.eos_id, self.answer_end_id, self.unk_id = eos_id, answer_end_id, unk_id
+        self.vocab_size = vocab_size
 
     def piece_to_id(self, piece: str) -> int:  # as SentencePiece: an unknown piece gives unk
         assert piece == "</answer>"
@@ -218,6 +220,34 @@ def test_stop_tokens_end_a_row(graph_mode):
             assert c.finish_reason == ("eos" if full[cut] == eos else "stop")
     assert out[0].finish_reason == "eos" and len(out[0].ids) <= 4
     assert gen.last_stats.new_tokens == sum(len(c.ids) for c in out)
+
+
+def test_ids_past_the_tokenizers_vocabulary_are_never_generated(graph_mode):
+    """A model vocabulary padded past the tokenizer's (converted Qwen models do this) has ids
+    that decode to nothing: greedy and sampled tokens stay below the tokenizer's size, and the
+    reported log-probs are still those of the model's whole distribution."""
+    from mindxh.generate import Generator
+
+    model = _model("llama-gqa")
+    whole = Generator(model, FakeTokenizer(1000, 1001), BATCH, MAX_LEN, prompt_bucket=8)
+    assert max(max(c.ids) for c in whole.generate(PROMPTS, GREEDY)) >= 40  # the test can fail
+    padded = Generator(model, FakeTokenizer(1000, 1001, vocab_size=40), BATCH, MAX_LEN,
+                       prompt_bucket=8)
+    for cfg in (GREEDY, SamplingConfig(max_new_tokens=12, temperature=1.0, seed=3)):
+        out = padded.generate(PROMPTS, cfg)
+        assert max(max(c.ids) for c in out) < 40
+    first = padded.generate(PROMPTS[:1], GREEDY)[0]
+    logits = model_logits(model, PROMPTS[0])
+    assert first.ids[0] == int(logits[:40].argmax())
+    assert first.logprobs[0] == pytest.approx(float(log_probs(logits[None], np.array([first.ids[0]]))[0]),
+                                              abs=1e-5)
+
+
+def model_logits(model, prompt):
+    """The Decoder's logits after `prompt`'s last token (a full forward, no cache)."""
+    import mindspore as ms
+
+    return model(ms.Tensor(np.array([prompt], np.int32))).asnumpy()[0, -1]
 
 
 def test_a_tokenizer_without_answer_end_stops_at_eos_only_not_at_unk(graph_mode):

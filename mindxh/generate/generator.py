@@ -124,6 +124,9 @@ class BatchGenerator:
         self.backend, self.tokenizer = backend, tokenizer
         self.batch_size, self.max_len, self.prompt_bucket = batch_size, max_len, prompt_bucket
         self.vocab_size = vocab_size
+        # a model vocabulary padded past the tokenizer's (converted Qwen models, or a recipe's
+        # larger model.vocab_size) has ids no text decodes to: they are never sampled
+        self.sampled_vocab = min(vocab_size, tokenizer.vocab_size)
         # `</answer>` ends a reasoning answer; a tokenizer without that piece (answer_end_id
         # None) stops at eos only, never at the id its piece_to_id gives unknown pieces
         self.stop_ids = {tokenizer.eos_id: "eos"}
@@ -201,8 +204,8 @@ class BatchGenerator:
         for step in range(cfg.max_new_tokens):
             rows = logits[:n]
             uniforms = None if rngs is None else np.array([g.random() for g in rngs])
-            tokens = sample(rows, cfg, uniforms)
-            chosen_lp = log_probs(rows, tokens)
+            tokens = sample(rows[:, :self.sampled_vocab], cfg, uniforms)
+            chosen_lp = log_probs(rows, tokens)  # under the model's whole distribution
             for r in np.flatnonzero(active):
                 token = int(tokens[r])
                 ids[r].append(token)
