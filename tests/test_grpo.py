@@ -235,6 +235,7 @@ class _IdsTokenizer:
 
     eos_id = 1000
     answer_end_id = 1001
+    vocab_size = 1 << 20  # any id the model has decodes
 
     def piece_to_id(self, piece: str) -> int:
         return 1001
