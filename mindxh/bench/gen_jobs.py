@@ -26,6 +26,7 @@ class _NoStops:
 
     eos_id = -1
     answer_end_id = None
+    vocab_size = spec.VOCAB
 
     def piece_to_id(self, piece: str) -> int:
         return -2
