@@ -154,6 +154,30 @@ def test_mindxh_trained_model_loads_in_transformers(tmp_path, tiny_tokenizer, ms
     np.testing.assert_allclose(hf_logits(hf, tokens), want, rtol=0, atol=1e-4)
 
 
+def test_a_moe_checkpoint_is_refused_as_moe_not_as_unexpected_tensors(tmp_path, tiny_tokenizer,
+                                                                      ms_pynative):
+    """What the model is decides before its tensors: an MoE checkpoint's router tensors made
+    the converters say 'unexpected tensor ... for this recipe's model', as if it were corrupt."""
+    from mindxh.checkpoint import store
+    from mindxh.config import Recipe, TokenizerConfig, TrainConfig, recipe_to_yaml
+    from mindxh.config.schema import ModelConfig, MoEConfig
+    from mindxh.interop.mindformers import mindxh_to_mindformers
+    from mindxh.models.llama.model import Decoder
+
+    cfg = ModelConfig(vocab_size=None, hidden_size=32, num_heads=4, intermediate_size=48,
+                      num_layers=2, max_seq_len=32, moe=MoEConfig(num_experts=2))
+    recipe = Recipe(model=cfg, tokenizer=TokenizerConfig(path=str(tiny_tokenizer)),
+                    train=TrainConfig(seq_len=32))
+    model = Decoder(dataclasses.replace(cfg, vocab_size=512), seed=3)
+    tensors = {n: p.asnumpy() for n, p in model.parameters_and_names()}
+    store.save_checkpoint(tmp_path / "run", 1, tensors, {}, {}, recipe_to_yaml(recipe), 1)
+    with pytest.raises(ConversionError, match="^model.moe: mixture-of-experts .* no Hugging Face"):
+        mindxh_to_hf(tmp_path / "run", tmp_path / "hf")
+    with pytest.raises(ConversionError, match="^model.moe: .* no mindformers mapping"):
+        mindxh_to_mindformers(tmp_path / "run", tmp_path / "mf")
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "mf").exists()
+
+
 def test_sharded_checkpoint_with_index_loads(tmp_path):
     make_hf(tmp_path / "one", "qwen2-bias")
     make_hf(tmp_path / "sharded", "qwen2-bias", max_shard_size="40KB")

@@ -36,6 +36,7 @@ from mindxh.interop import safetensors_io as st
 from mindxh.interop.hf_config import (
     ConversionError,
     hf_config_from_model,
+    hf_family,
     model_config_from_hf,
 )
 from mindxh.models.llama import state_dict_adapter as names
@@ -232,6 +233,7 @@ def mindxh_to_hf(checkpoint: str | Path, out: str | Path, dtype: str = "auto") -
     out = Path(out)
     loaded = load_saved(checkpoint)
     saved, model = loaded.checkpoint, loaded.recipe.model
+    hf_family(model)  # what the model is (MoE has no HF mapping), before what its tensors are
     tok, tok_src = loaded.tokenizer, loaded.tokenizer_path
     source = saved.state.get("converted_from", {}).get("config", {})
     if dtype == "auto":

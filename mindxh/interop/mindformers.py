@@ -276,6 +276,7 @@ def mindformers_to_mindxh(checkpoint: str | Path, config: str | Path, out: str |
 def _saved_model(checkpoint: str | Path):
     """(checkpoint dir, Checkpoint, ModelConfig, tokenizer path, tokenizer), tensors checked."""
     loaded = load_saved(checkpoint)
+    mfc.check_convertible(loaded.recipe.model)  # what the model is, before what its tensors are
     checked_tensors(loaded)
     return (loaded.checkpoint_dir, loaded.checkpoint, loaded.recipe.model, loaded.tokenizer_path,
             loaded.tokenizer)

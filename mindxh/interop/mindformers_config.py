@@ -149,10 +149,8 @@ def model_config_from_mindformers(mc: dict, where: str | Path = "model_config",
         rope_scaling=_rope_scaling(mc, where))
 
 
-def mindformers_config_from_model(m: ModelConfig, qkv_concat: bool = False, dtype: str = "float32",
-                                  token_ids: dict[str, int] | None = None) -> dict:
-    """`model_config` for `m`: shape keys explicit, plus settings that run on CPU too
-    (no flash attention or fused RMSNorm; on Ascend switch them back on for speed)."""
+def check_convertible(m: ModelConfig) -> None:
+    """Refuse a model mindformers' Llama cannot compute, before its tensors are read."""
     if m.moe.enabled:
         raise ConversionError("model.moe: mindxh's mixture-of-experts layers have no mindformers mapping")
     if m.qk_norm:
@@ -160,6 +158,13 @@ def mindformers_config_from_model(m: ModelConfig, qkv_concat: bool = False, dtyp
     if m.hidden_size != m.num_heads * m.head_dim:
         raise ConversionError(f"model.head_dim={m.head_dim}: mindformers' Llama needs "
                               f"hidden_size / num_heads = {m.hidden_size // m.num_heads}")
+
+
+def mindformers_config_from_model(m: ModelConfig, qkv_concat: bool = False, dtype: str = "float32",
+                                  token_ids: dict[str, int] | None = None) -> dict:
+    """`model_config` for `m`: shape keys explicit, plus settings that run on CPU too
+    (no flash attention or fused RMSNorm; on Ascend switch them back on for speed)."""
+    check_convertible(m)
     cfg: dict[str, Any] = {
         "type": CONFIG_TYPE, "seq_length": m.max_seq_len, "vocab_size": m.vocab_size,
         "hidden_size": m.hidden_size, "num_layers": m.num_layers, "num_heads": m.num_heads,
