@@ -105,6 +105,8 @@ def test_plan_sets_data_parallel_and_refuses_mismatches(tmp_path):
         ["--set", "parallel.data_parallel=2"]
     with pytest.raises(LaunchUsageError, match="at least 2 ranks"):
         plan_train(1, str(TINY))
+    with pytest.raises(LaunchUsageError, match="parallel tensor=2 needs MindSpore semi-auto"):
+        plan_train(2, str(TINY), overrides=["parallel.tensor=2"])  # CPU: refused before msrun
 
 
 MOE = REPO / "recipes" / "tiny" / "pretrain-moe.yaml"

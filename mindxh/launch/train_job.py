@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mindxh.config import load_recipe
 from mindxh.errors import MindxhError
+from mindxh.parallel.context import cpu_refusal
 from mindxh.train.run import held_run
 
 LOG_SUBDIR = "logs"  # under the run's output directory: msrun's, and every rank's, log
@@ -58,6 +59,9 @@ def plan_train(nproc: int, recipe: str, output_dir: str | None = None,
         raise LaunchUsageError(f"the recipe's parallel plan spans data {p.data_parallel} x tensor "
                                f"{p.tensor} x pipeline {p.pipeline} = {p.devices} devices but --nproc "
                                f"is {nproc}; pass --nproc {p.devices}")
+    refusal = cpu_refusal(resolved)  # what every rank would refuse, before msrun starts
+    if refusal:
+        raise LaunchUsageError(refusal)
     out = Path(resolved.output_dir).resolve()  # the ranks run in this directory too
     held = None if resume else held_run(out)  # what rank 0 would refuse, before msrun starts
     if held:
