@@ -399,8 +399,8 @@ def test_tokenizer_json_pretrain(tmp_path, json_tok_path, texts, caplog):
     path = write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in texts])
     out = tmp_path / "out"
     m = prepare([path], out, json_tok_path, seq_len=64, workers=0, rows_per_shard=40)
-    assert m["tokenizer"] == {"path": str(json_tok_path), "sha256": tok.sha256, "vocab_size": tok.vocab_size}
-    assert tok.sha256 != shards.file_sha256(json_tok_path)  # it covers the config-given BOS/EOS
+    assert m["tokenizer"] == {"path": str(json_tok_path), "sha256": shards.file_sha256(json_tok_path),
+                              "vocab_size": tok.vocab_size} and tok.sha256 == m["tokenizer"]["sha256"]
     got = read_rows(out)
     assert_rows_equal(got, packed(pretrain_docs(tok, texts), 64, split=True))
     # the labels are each document's text then its EOS, in order: they decode back to the input

@@ -47,26 +47,15 @@ class JsonTokenizer:
             where = path or "<bytes>"
             raise JsonTokenizerError(f"{where} is not a tokenizer.json: {exc}") from None
         self.path = path
+        self.sha256 = hashlib.sha256(data).hexdigest()
         config = special_tokens or {}
         self.bos_id = self._first(_special(config, "bos_token"), *_BOS_GUESSES)
         self.eos_id = self._first(_special(config, "eos_token"), *_EOS_GUESSES)
         self.pad_id = self._first(_special(config, "pad_token"))
         self.unk_id = self._first(_special(config, "unk_token"), "<unk>")
-        self.sha256 = self._identity(data)
         ids = [self.piece_to_id(p) for p in _REASONING]
         self.think_id, self.think_end_id, self.answer_id, self.answer_end_id = (
             i if i >= 0 else None for i in ids)
-
-    def _identity(self, data: bytes) -> str:
-        """The sha256 that prepared data and checkpoints check: of tokenizer.json, and of the
-        special-token ids too where tokenizer_config.json changed them from what the file alone
-        gives (a renamed BOS starts every prepared document with another id)."""
-        chosen = (self.bos_id, self.eos_id, self.pad_id, self.unk_id)
-        alone = (self._first(*_BOS_GUESSES), self._first(*_EOS_GUESSES), -1, self._first("<unk>"))
-        if chosen == alone:
-            return hashlib.sha256(data).hexdigest()
-        ids = json.dumps(dict(zip(("bos", "eos", "pad", "unk"), chosen)), sort_keys=True)
-        return hashlib.sha256(data + b"\0special-token ids:" + ids.encode()).hexdigest()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "JsonTokenizer":
