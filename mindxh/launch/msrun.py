@@ -186,8 +186,9 @@ def supervise(nproc: int, args: list[str], log_dir: str | Path,
     start = time.monotonic()
     previous = {}
     if threading.current_thread() is threading.main_thread():  # `kill LAUNCHER` tears down too,
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # and so does a closed terminal or ssh
-            previous[sig] = signal.signal(sig, _raise_interrupt)
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # and so does a closed terminal or ssh,
+            if signal.getsignal(sig) != signal.SIG_IGN:  # unless ignored (nohup): that stays
+                previous[sig] = signal.signal(sig, _raise_interrupt)
     try:
         with open(log_dir / MSRUN_LOG, "wb") as out:
             proc = subprocess.Popen(msrun_command(nproc, log_dir, args), stdout=out,
