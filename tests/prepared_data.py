@@ -64,9 +64,10 @@ def write_prepared(directory: Path, rows: list[PackedRow], seq_len: int, tokeniz
 
 
 def masked_dataset(directory: Path, tokenizer_sha256: str, n: int = 96, seq_len: int = 64,
-                   seed: int = 0) -> Path:
+                   seed: int = 0, empty_rows: frozenset[int] = frozenset()) -> Path:
     """SFT-like rows: random documents whose first 4..seq_len-5 labels are masked (a prompt),
-    so rows, ranks and micro-batches hold different numbers of loss tokens."""
+    so rows, ranks and micro-batches hold different numbers of loss tokens; the rows numbered
+    in `empty_rows` have none at all."""
     from dataclasses import replace
 
     from mindxh.data.packing import IGNORE
@@ -76,5 +77,7 @@ def masked_dataset(directory: Path, tokenizer_sha256: str, n: int = 96, seq_len:
     for row in random_rows(n, seq_len, 512, seed):
         labels = row.labels.copy()
         labels[: int(rng.integers(4, seq_len - 4))] = IGNORE
+        if len(rows) in empty_rows:
+            labels[:] = IGNORE
         rows.append(replace(row, labels=labels))
     return write_prepared(directory, rows, seq_len, tokenizer_sha256, kind="sft")

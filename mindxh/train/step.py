@@ -22,10 +22,8 @@ trainer turns it off (`token_weighted=False`): micro-batch means are averaged as
 """
 from __future__ import annotations
 
-from mindspore import dtype as mstype
 from mindspore import nn, ops
 
-from mindxh.data.packing import IGNORE
 from mindxh.parallel.pipeline import Microbatching
 from mindxh.train.optim import AdamW
 from mindxh.train.precision import ScaledLoss
@@ -66,12 +64,13 @@ def _grad_fn(loss_cell: nn.Cell, optimizer: AdamW):
 
 
 class TokenWeighted(nn.Cell):
-    """(*batch, step_tokens) -> the loss cell's mean over this
-    micro-batch's loss tokens times parts * n / N: n its loss tokens, N the optimizer step's
-    over every rank and micro-batch, parts = ranks x micro-batches. The step averages over the
-    parts, so it takes the mean over all N tokens. Unweighted, a rank or micro-batch with few
-    loss tokens (SFT rows whose prompts are masked) counted as much as one with many, and
-    2 ranks x 8 rows did not train like 1 x 16. Equal counts give a weight of exactly 1."""
+    """(*batch, step_tokens) -> the loss cell's sum over this micro-batch's loss tokens times
+    parts / N: N the optimizer step's loss tokens over every rank and micro-batch, parts =
+    ranks x micro-batches. The step averages over the parts, so it takes the mean over all N
+    tokens, and a part without loss tokens adds 0 (its mean would be 0/0). Unweighted, a rank
+    or micro-batch with few loss tokens (SFT rows whose prompts are masked) counted as much
+    as one with many, and 2 ranks x 8 rows did not train like 1 x 16. A mixture-of-experts
+    balance loss is added unweighted: routing covers every token, prompts included."""
 
     def __init__(self, loss_cell: nn.Cell, parts: int):
         super().__init__(auto_prefix=False)
@@ -80,9 +79,10 @@ class TokenWeighted(nn.Cell):
 
     def construct(self, *batch_and_tokens):
         batch, step_tokens = batch_and_tokens[:-1], batch_and_tokens[-1]
-        n = (batch[1] != IGNORE).astype(mstype.float32).sum()  # batch: (inputs, targets, ...)
-        weight = ops.stop_gradient(self.parts * n / ops.maximum(step_tokens, 1.0))
-        return self.loss_cell(*batch) * weight
+        weight = ops.stop_gradient(self.parts / ops.maximum(step_tokens, 1.0))
+        if len(batch) == 2:  # (inputs, targets)
+            return self.loss_cell(batch[0], batch[1], None, None, weight)
+        return self.loss_cell(*batch, weight)
 
 
 class _Gradients(nn.Cell):

@@ -301,17 +301,21 @@ class LossCell(nn.Cell):
         self.model = model
         self.moe = model.cfg.moe.enabled
 
-    def construct(self, inputs, targets, positions=None, segment_ids=None):
+    def construct(self, inputs, targets, positions=None, segment_ids=None, token_weight=None):
+        """`token_weight` (train.step.TokenWeighted): the sum over loss tokens times it instead of
+        the mean, so parts of a step weigh by their tokens and a part without any weighs 0."""
         if self.moe:
             logits, aux = self.model(inputs, positions, segment_ids, True)
-            return self._cross_entropy(logits, targets) + aux
+            return self._cross_entropy(logits, targets, token_weight) + aux
         logits = self.model(inputs, positions, segment_ids)
-        return self._cross_entropy(logits, targets)
+        return self._cross_entropy(logits, targets, token_weight)
 
-    def _cross_entropy(self, logits, targets):
+    def _cross_entropy(self, logits, targets, token_weight=None):
         vocab = logits.shape[-1]
-        return ops.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1),
-                                 ignore_index=-100, reduction="mean")
+        logits, targets = logits.reshape(-1, vocab), targets.reshape(-1)
+        if token_weight is None:
+            return ops.cross_entropy(logits, targets, ignore_index=-100, reduction="mean")
+        return ops.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") * token_weight
 
 
 def build_model(cfg: ModelConfig, seed: int) -> Decoder:
