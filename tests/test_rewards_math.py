@@ -72,6 +72,9 @@ def _gsm8k_dir() -> Path:
     ("#### -3 3/4", "-15/4"), ("so she needs 1 1/2", "3/2"),
     ("it is 2 3/2", "3/2"),                           # not a proper fraction: two numbers
     ("page 4, 1/2 left", "1/2"),
+    ("She ate 2 1/2.", "5/2"), ("She ate 1/2.", "1/2"),  # a sentence's full stop
+    ("In 2023 1/4 of the students passed", "1/4"),      # a year is not a whole part
+    ("He paid $20 1/5 of which was tax", "1/5"),        # `of` follows a fraction, not a number
     ("no digits here", None),
     ("", None),
 ])

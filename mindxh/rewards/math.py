@@ -21,9 +21,10 @@ __all__ = ["MathGrader", "extract_answer", "gsm8k_reference_answer", "normalize_
 # and Japanese text glue numbers to words (`共42个`), so only ASCII letters make a word here.
 _NUM = re.compile(r"(?:(?<![A-Za-z0-9_.)])-)?(?<![A-Za-z0-9_.])"
                   r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][+-]?\d+(?![\w.]))?"
-                  r"(?:/\d+(?![\d.]))?|\.\d+)")
-# A mixed number, `2 1/2` (= 5/2): a whole number, blanks, then a proper fraction
-_MIXED = re.compile(r"(-?\d+)[ \t\u00a0]+(\d+)/(\d+)(?![\d./])")
+                  r"(?:/\d+(?!\d|\.\d))?|\.\d+)")
+# A mixed number, `2 1/2` (= 5/2): a whole number of at most 3 digits (not a year: `In 2023
+# 1/4 of...`), blanks, then a proper fraction, not followed by `of` (`20 1/5 of which...`)
+_MIXED = re.compile(r"(-?\d{1,3})[ \t\u00a0]+(\d+)/(\d+)(?!\d|/|\.\d|\s+of\b)")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _A_LINE = re.compile(r"^[ \t]*A:[ \t]*([^\n]*)", re.M)  # [ \t]: \s would backtrack over blank lines
