@@ -49,3 +49,11 @@ def test_an_aside_copy_left_after_the_swap_is_removed(tmp_path):
     aside.mkdir()
     staging_dir(out).rmdir()
     assert not aside.exists() and (out / "manifest.json").read_text() == '{"new": true}'
+
+
+def test_a_name_with_glob_characters_matches_only_its_own_siblings(tmp_path):
+    out = tmp_path / "model[v2]"
+    other = tmp_path / f".modelv.old-{_dead_pid()}"  # another output's (`modelv`), not ours
+    other.mkdir()
+    staging_dir(out).rmdir()
+    assert other.is_dir() and not out.exists()

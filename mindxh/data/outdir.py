@@ -47,7 +47,11 @@ def maybe_fault(point: str) -> None:
 def locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (two preparations into one DIR would
     remove each other's partial files)."""
-    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except FileNotFoundError:  # a failed first preparation removed the DIR it had made
+        raise PrepareError(f"{directory} was removed by another `mindxh data prepare` that "
+                           "failed there; run again") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

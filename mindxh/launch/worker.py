@@ -32,19 +32,20 @@ def process_name(environ: Mapping[str, str] = os.environ) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _watch_launcher(pid: int, child: subprocess.Popen, poll_s: float = 1.0) -> None:
+def _watch_launcher(pid: int, child: subprocess.Popen, orphaned: threading.Event,
+                    poll_s: float = 1.0) -> None:
     """Stop `child` (SIGTERM, then SIGKILL after GRACE_S) once process `pid` is gone."""
     while child.poll() is None:
         if not _alive(pid):
+            orphaned.set()
             child.terminate()
             try:
                 child.wait(GRACE_S)
@@ -59,10 +60,13 @@ def main(argv: list[str]) -> int:
     child = subprocess.Popen([sys.executable, *args])
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # pass on, then record what happens
         signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
-    launcher = os.environ.get(LAUNCHER_ENV, "")
+    launcher, orphaned = os.environ.get(LAUNCHER_ENV, ""), threading.Event()
     if launcher.isdigit():
-        threading.Thread(target=_watch_launcher, args=(int(launcher), child), daemon=True).start()
+        threading.Thread(target=_watch_launcher, args=(int(launcher), child, orphaned),
+                         daemon=True).start()
     code = child.wait()
+    if orphaned.is_set():  # no status for a launcher that is gone: a new launch's logs may be
+        return 128 + signal.SIGTERM  # here by now, and would read it as one of its own ranks
     tmp = exit_dir / f".{process_name()}{EXIT_SUFFIX}.tmp"
     tmp.write_text(str(code))
     tmp.replace(exit_dir / f"{process_name()}{EXIT_SUFFIX}")  # atomic: never read half-written

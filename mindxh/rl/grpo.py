@@ -163,6 +163,7 @@ class _Session:
     @classmethod
     def open(cls, r: Recipe, tok: Tokenizer, init_from: Path, out: Path, resume: bool,
              validation: list = ()) -> _Session:
+        started = time.perf_counter()  # building the policy is part of the stage's time
         run_dir = RunDir.open(out, r, resume)  # graph mode and seed, before any cell is built
         row_len = r.sft.seq_len
         _check_prompt_room(r, tok, row_len, validation)
@@ -179,7 +180,7 @@ class _Session:
             log.info("GRPO resumed from %s (step %d)", run_dir.latest, run.step)
         return cls(r, tok, init_from, row_len, run, policy, problems,
                    earlier_s=float(restored.get("train_s", 0.0)),
-                   accuracy=restored.get("val_accuracy"))
+                   accuracy=restored.get("val_accuracy"), started=started)
 
     def train_s(self) -> float:
         """Seconds of GRPO so far, over every session (up to each one's last checkpoint)."""

@@ -7,6 +7,7 @@ new one, never a torn one.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -88,7 +89,7 @@ def _clear_stale(out: Path) -> None:
     if not out.parent.is_dir():
         return
     for kind in ("old", "tmp"):
-        for path in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+        for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*")):
             pid = path.name.rsplit("-", 1)[-1]
             if not pid.isdigit() or _alive(int(pid)):
                 continue
