@@ -158,6 +158,39 @@ def test_ctrl_c_at_a_terminal_mid_training_prints_one_line_and_resumes(tmp_path,
     _same_run(straight, out)
 
 
+STUCK_AT_A_TERMINAL = """
+import sys, time
+import numpy as np
+from mindxh.cli import main
+main.SIGTERM_GRACE_S = 1.0
+main._interrupt_on_sigterm()
+a = np.random.default_rng(0).random((5000, 5000)) + 5000 * np.eye(5000)
+print("busy", flush=True)
+while True:  # ~6 s in C per call here: Python's handlers wait for it to return
+    np.linalg.inv(a)
+"""
+
+
+def test_sigterm_at_a_terminal_still_ends_a_command_stuck_in_native_code(tmp_path):
+    """At a terminal SIGTERM raises KeyboardInterrupt, which Python delivers only between
+    bytecodes; a command stuck inside a kernel ends all the same, SIGTERM_GRACE_S later."""
+    import os
+
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_AT_A_TERMINAL)
+    terminal, user = os.openpty()
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=user, stdout=subprocess.PIPE,
+                            text=True)
+    os.close(user)
+    assert proc.stdout.readline().strip() == "busy"
+    time.sleep(0.5)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143  # the grace's exit (the default handler's is -15)
+    assert time.time() - sent < 5
+    os.close(terminal)
+
+
 def test_same_recipe_and_seed_are_bitwise_reproducible(tmp_path, tiny_tokenizer, straight):
     again = tmp_path / "again"
     assert _train(again, tiny_tokenizer).returncode == 0

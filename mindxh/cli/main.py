@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 
 from mindxh.cli import (
     bench_cmd,
@@ -50,14 +52,34 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+SIGTERM_GRACE_S = 30.0  # from SIGTERM to exit 143, for a process stuck inside a kernel
+_SIGTERM_BYTE = bytes([signal.SIGTERM])  # what the C-level handler writes to the wakeup fd
+
+
+def _exit_if_stuck(wakeup: int) -> None:
+    """Once a SIGTERM arrives, give the interrupted command SIGTERM_GRACE_S to finish, then
+    end the process: Python runs signal handlers only between bytecodes, so a command stuck
+    in graph compilation or a blocked collective would otherwise never end."""
+    while _SIGTERM_BYTE not in os.read(wakeup, 64):
+        pass
+    threading.Event().wait(SIGTERM_GRACE_S)
+    os._exit(128 + signal.SIGTERM)
+
+
 def _interrupt_on_sigterm() -> None:
     """MindSpore's graph runtime answers Ctrl-C (SIGINT) by sending its process SIGTERM, which
     ended a training command with no message and status 143. At a terminal, SIGTERM is taken
     as the interrupt it stands for: KeyboardInterrupt, so the command prints `interrupted` and
-    exits 130, and the run resumes as after any stop. Elsewhere (a launcher, a scheduler)
-    SIGTERM keeps its default, so a process stuck inside a kernel still dies of it."""
-    if sys.stdin is not None and sys.stdin.isatty():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+    exits 130, and the run resumes as after any stop; a command that cannot get back to Python
+    (stuck in a kernel) still ends, SIGTERM_GRACE_S later. Elsewhere (a launcher, a scheduler)
+    SIGTERM keeps its default."""
+    if sys.stdin is None or not sys.stdin.isatty():
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write)  # written by the C-level handler, whatever the main thread does
+    threading.Thread(target=_exit_if_stuck, args=(read,), daemon=True).start()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def build_parser() -> argparse.ArgumentParser:
