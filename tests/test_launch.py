@@ -205,17 +205,8 @@ def test_a_closed_terminal_or_a_killed_launcher_ends_every_rank(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_kills_every_rank(tmp_path):
-    out, mark = tmp_path / "run", uuid.uuid4().hex
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MINDXH_TEST_MARK": mark}
-    proc = subprocess.Popen([sys.executable, "-m", "mindxh", "launch", "--nproc", "2",
-                             "--worker-script", _script(tmp_path, STUCK_WORKER), str(TINY),
-                             "--output-dir", str(out)], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    logs = [out / "logs" / f"worker_{r}.log" for r in (0, 1)]
-    deadline = time.time() + 90
-    while not all(p.exists() and "ready" in p.read_text() for p in logs):
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.5)
+    mark = uuid.uuid4().hex
+    proc = _stuck_job(tmp_path, mark)
     assert len(_left_behind(mark)) >= 5  # launcher, msrun, scheduler and two ranks (+ wrappers)
     sent = time.time()
     proc.send_signal(signal.SIGINT)

@@ -216,9 +216,8 @@ def test_accumulation_weighs_every_loss_token_alike_on_masked_data(tmp_path, tin
     The first micro-batch has no loss tokens at all: it adds nothing (its mean was NaN)."""
     from prepared_data import masked_dataset
 
-    from mindxh.tokenizer import Tokenizer
-
     from mindxh.data.loader import PreparedDataset, PreparedLoader
+    from mindxh.tokenizer import Tokenizer
 
     sha = Tokenizer.load(tiny_tokenizer).sha256
     data = masked_dataset(tmp_path / "sft", sha)  # the loader's order depends on the row count only
