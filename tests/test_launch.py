@@ -166,6 +166,13 @@ def test_a_crashed_rank_stops_the_whole_job_within_seconds(tmp_path):
     assert _left_behind(mark) == []
 
 
+def _as_at_a_terminal() -> None:
+    """Default SIGINT and SIGHUP, as a command typed at a terminal has them (a CI runner may
+    start the tests with them ignored, and an ignored SIGHUP is kept, as under nohup)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _stuck_job(tmp_path: Path, mark: str) -> subprocess.Popen:
     """A launched job of two STUCK_WORKER ranks, returned once both are running."""
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -174,7 +181,8 @@ def _stuck_job(tmp_path: Path, mark: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "mindxh", "launch", "--nproc", "2",
                              "--worker-script", _script(tmp_path, STUCK_WORKER), str(TINY),
                              "--output-dir", str(out)], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_as_at_a_terminal)
     logs = [out / "logs" / f"worker_{r}.log" for r in (0, 1)]
     deadline = time.time() + 90
     while not all(p.exists() and "ready" in p.read_text() for p in logs):
