@@ -69,6 +69,24 @@ def _left_behind(mark: str) -> list[int]:
     return found
 
 
+@pytest.fixture
+def new_mark():
+    """Marks for this test's jobs; whatever still carries one when the test ends (a failed
+    assertion before the job ended) is killed, so no stray rank outlives its test."""
+    marks: list[str] = []
+
+    def make() -> str:
+        marks.append(uuid.uuid4().hex)
+        return marks[-1]
+
+    yield make
+    for pid in [pid for mark in marks for pid in _left_behind(mark)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _script(tmp_path: Path, text: str) -> str:
     path = tmp_path / "worker.py"
     path.write_text(text)
@@ -114,11 +132,12 @@ MOE = REPO / "recipes" / "tiny" / "pretrain-moe.yaml"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [TINY, MOE], ids=["dense", "moe-bias-balancing"])
-def test_two_ranks_train_with_bitwise_identical_parameters(tmp_path, tiny_tokenizer, recipe):
+def test_two_ranks_train_with_bitwise_identical_parameters(tmp_path, tiny_tokenizer, recipe,
+                                                          new_mark):
     """For the MoE recipe this also checks DeepSeek-V3's bias balancing under data parallel:
     each rank routes different tokens, so without the all-reduce of the per-expert counts the
     ranks' expert biases would drift apart."""
-    out, mark = tmp_path / "run", uuid.uuid4().hex
+    out, mark = tmp_path / "run", new_mark()
     steps = 4
     res = run_cli("launch", "--nproc", "2", "--worker-script", _script(tmp_path, DUMP_WORKER),
                   str(recipe), "--output-dir", str(out), "--max-steps", str(steps), "--no-progress",
@@ -146,8 +165,8 @@ def test_two_ranks_train_with_bitwise_identical_parameters(tmp_path, tiny_tokeni
 
 
 @pytest.mark.slow
-def test_a_crashed_rank_stops_the_whole_job_within_seconds(tmp_path):
-    out, mark = tmp_path / "run", uuid.uuid4().hex
+def test_a_crashed_rank_stops_the_whole_job_within_seconds(tmp_path, new_mark):
+    out, mark = tmp_path / "run", new_mark()
     start = time.time()
     res = run_cli("launch", "--nproc", "2", "--worker-script", _script(tmp_path, STUCK_WORKER),
                   str(TINY), "--output-dir", str(out),
@@ -192,16 +211,16 @@ def _stuck_job(tmp_path: Path, mark: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_closed_terminal_or_a_killed_launcher_ends_every_rank(tmp_path):
+def test_a_closed_terminal_or_a_killed_launcher_ends_every_rank(tmp_path, new_mark):
     """SIGHUP (a closed terminal or ssh) tears the job down like Ctrl-C; after kill -9 of the
     launcher, which tears nothing down, each rank's wrapper stops its rank by itself."""
-    mark = uuid.uuid4().hex
+    mark = new_mark()
     proc = _stuck_job(tmp_path / "hup", mark)
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err.rstrip().endswith("interrupted"), err[-3000:]
     assert _left_behind(mark) == []
-    mark = uuid.uuid4().hex
+    mark = new_mark()
     proc = _stuck_job(tmp_path / "kill", mark)
     proc.kill()
     proc.wait()
@@ -212,8 +231,8 @@ def test_a_closed_terminal_or_a_killed_launcher_ends_every_rank(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_kills_every_rank(tmp_path):
-    mark = uuid.uuid4().hex
+def test_ctrl_c_kills_every_rank(tmp_path, new_mark):
+    mark = new_mark()
     proc = _stuck_job(tmp_path, mark)
     assert len(_left_behind(mark)) >= 5  # launcher, msrun, scheduler and two ranks (+ wrappers)
     sent = time.time()
