@@ -169,7 +169,6 @@ def share_files(folder: Path) -> None:
         os.chmod(path, 0o666 & ~umask)
 
 
-
 def finetune_recipe(name: str, model: ModelConfig, tokenizer: Path, vocab: int) -> Recipe:
     """A recipe for fine-tuning the converted model: its tokenizer, a fine-tuning learning
     rate (the default 3e-3 suits only tiny models trained from scratch)."""

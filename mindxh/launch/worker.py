@@ -19,6 +19,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from mindxh.utils.fsio import pid_alive
+
 EXIT_SUFFIX = ".exit"
 LAUNCHER_ENV = "MINDXH_LAUNCHER_PID"
 GRACE_S = 10.0  # from SIGTERM to SIGKILL when the launcher is gone
@@ -31,20 +33,11 @@ def process_name(environ: Mapping[str, str] = os.environ) -> str:
     return f"worker_{environ.get('RANK_ID', 'unknown')}"
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _watch_launcher(pid: int, child: subprocess.Popen, orphaned: threading.Event,
                     poll_s: float = 1.0) -> None:
     """Stop `child` (SIGTERM, then SIGKILL after GRACE_S) once process `pid` is gone."""
     while child.poll() is None:
-        if not _alive(pid):
+        if not pid_alive(pid):
             orphaned.set()
             child.terminate()
             try:

@@ -80,9 +80,7 @@ class TokenWeighted(nn.Cell):
     def construct(self, *batch_and_tokens):
         batch, step_tokens = batch_and_tokens[:-1], batch_and_tokens[-1]
         weight = ops.stop_gradient(self.parts / ops.maximum(step_tokens, 1.0))
-        if len(batch) == 2:  # (inputs, targets)
-            return self.loss_cell(batch[0], batch[1], None, None, weight)
-        return self.loss_cell(*batch, weight)
+        return self.loss_cell(*batch, token_weight=weight)
 
 
 class _Gradients(nn.Cell):

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["atomic_write", "atomic_write_json", "file_sha256", "fsync_path", "read_jsonl", "write_jsonl"]
+__all__ = ["atomic_write", "atomic_write_json", "file_sha256", "fsync_path", "pid_alive", "read_jsonl",
+           "staging_dir", "swap_in", "write_jsonl"]
 
 
 def fsync_path(path: str | os.PathLike[str] | Path) -> None:
@@ -72,14 +73,13 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a zombie, dead but not reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the command name may hold ')'
 
 
 def _clear_stale(out: Path) -> None:
@@ -91,7 +91,7 @@ def _clear_stale(out: Path) -> None:
     for kind in ("old", "tmp"):
         for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*")):
             pid = path.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or _alive(int(pid)):
+            if not pid.isdigit() or pid_alive(int(pid)):
                 continue
             if kind == "old" and not out.exists():
                 os.rename(path, out)

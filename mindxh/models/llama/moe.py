@@ -33,8 +33,8 @@ non-trainable Parameter (so it is checkpointed and a resume is bitwise), changed
 `ExpertBalance` (mindxh/train/moe_balance.py), which the trainer runs after each applied step.
 The training forward also records its routing statistics (choices per expert, drops, the
 balance statistic) in non-trainable Parameters: `moe_metrics` (there too) reads them for
-metrics.jsonl and `ExpertBalance` reads the counts. GRPO runs the plain forward: no balance loss, no bias
-update, no statistics (the router is left as pretraining shaped it, as many RL setups do).
+metrics.jsonl and `ExpertBalance` reads the counts. GRPO runs the plain forward: no balance
+loss, no bias update, no statistics (the router is left as pretraining shaped it, as many RL setups do).
 """
 from __future__ import annotations
 
