@@ -16,7 +16,12 @@ import pytest
 from conftest import REPO, TINY, run_cli
 from safetensors.numpy import load_file
 
-from mindxh.launch.train_job import LaunchUsageError, plan_train
+from mindxh.launch.train_job import (
+    LaunchUsageError,
+    oversubscription_warning,
+    plan_train,
+    usable_cpus,
+)
 
 # Test-only rank programs, run through the hidden --worker-script option with the same
 # `train RECIPE ...` arguments a rank gets.
@@ -125,6 +130,13 @@ def test_plan_sets_data_parallel_and_refuses_mismatches(tmp_path):
         plan_train(1, str(TINY))
     with pytest.raises(LaunchUsageError, match="parallel tensor=2 needs MindSpore semi-auto"):
         plan_train(2, str(TINY), overrides=["parallel.tensor=2"])  # CPU: refused before msrun
+
+
+def test_more_ranks_than_cpus_is_a_warning_not_an_error():
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+    assert oversubscription_warning(2, 2) is None and oversubscription_warning(2, 16) is None
+    line = oversubscription_warning(4, 2)
+    assert "--nproc 4" in line and "2 CPU(s)" in line and "--nproc 2 or fewer" in line
 
 
 MOE = REPO / "recipes" / "tiny" / "pretrain-moe.yaml"

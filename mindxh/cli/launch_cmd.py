@@ -28,10 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mindxh.launch.msrun import LaunchFailed, supervise
-    from mindxh.launch.train_job import plan_train
+    from mindxh.launch.train_job import oversubscription_warning, plan_train, usable_cpus
 
     job = plan_train(args.nproc, args.recipe, args.output_dir, args.max_steps, args.resume,
                      args.no_progress, args.overrides, args.worker_script)
+    warning = oversubscription_warning(args.nproc, usable_cpus())
+    if warning:
+        print(f"[mindxh] warning: {warning}", file=sys.stderr)
     print(f"[mindxh] launching {args.nproc} ranks; logs in {job.log_dir}", file=sys.stderr)
     done: list[str] = []
 

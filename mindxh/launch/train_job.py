@@ -2,6 +2,7 @@
 first, so a recipe error is one line before any process starts rather than N rank logs."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,3 +70,21 @@ def plan_train(nproc: int, recipe: str, output_dir: str | None = None,
                                "or choose another --output-dir")
     head = [script] if script is not None else ["-m", "mindxh"]
     return TrainJob(head + train_args, out, out / LOG_SUBDIR)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as taskset or a container sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def oversubscription_warning(nproc: int, cpus: int) -> str | None:
+    """A line for the user when more ranks than CPUs would share the machine: on CPU every rank
+    computes, so the ranks then take turns on the cores and the run is slower than fewer ranks."""
+    if nproc <= cpus:
+        return None
+    return (f"--nproc {nproc} starts more ranks than the {cpus} CPU(s) this process may use: "
+            f"on CPU the ranks will share cores and every step will wait for the slowest; "
+            f"--nproc {cpus} or fewer is faster here")
