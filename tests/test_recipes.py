@@ -230,6 +230,46 @@ def test_readme_documents_every_recipe_key():
     assert not missing, f"README recipe reference lacks: {missing}"
 
 
+def _commands(parser, path=()):
+    """(subcommand words, its parser) for every command `mindxh` runs."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+        return
+    for name, sub in subs[0].choices.items():
+        yield from _commands(sub, path + (name,))
+
+
+def test_readme_documents_every_command_and_option():
+    """Each command has a row in the README's command table, and each of its options is in
+    that row or in the doc the row links to."""
+    import argparse
+    import re
+
+    from mindxh.cli.main import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `mindxh")]
+    missing = []
+    for path, parser in _commands(build_parser()):
+        command = "mindxh " + " ".join(path)
+        text = " ".join(r for r in rows if f"`{command}" in r)
+        if not text:
+            missing.append(command)
+            continue
+        text += "".join((REPO / doc).read_text() for doc in re.findall(r"\]\((docs/[^)#]+)", text))
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            missing += [f"{command} {o}" for o in action.option_strings
+                        if o.startswith("--") and o != "--help"
+                        and not re.search(re.escape(o) + r"(?![\w-])", text)]
+    assert not missing, f"README command table lacks: {missing}"
+
+
 def test_mfu_device_is_checked_before_compute():
     assert "unknown device 'tpu'" in error_of(TINY, ["metrics.device=tpu"])
     msg = error_of(TINY, ["compile.device=Ascend"])  # auto cannot guess which Ascend part
