@@ -75,6 +75,19 @@ def _gsm8k_dir() -> Path:
     ("She ate 2 1/2.", "5/2"), ("She ate 1/2.", "1/2"),  # a sentence's full stop
     ("In 2023 1/4 of the students passed", "1/4"),      # a year is not a whole part
     ("He paid $20 1/5 of which was tax", "1/5"),        # `of` follows a fraction, not a number
+    ("The answer is 2 1/2 of a pizza.", "5/2"), ("She ate 2 1/2 of them.", "5/2"),
+    ("The answer is 12 1/4-pound burgers.", "12"),      # a hyphenated unit, not a fraction
+    ("#### 15 1/2-lb toys", "15"),
+    ("The answer is 2 and 1/2 hours.", "5/2"), ("between 1 and 2 1/2 hours, so 3", "3"),
+    ("The answer is 2\u00bd", "5/2"), ("She needs 3\u00be cups", "15/4"),  # vulgar fractions
+    ("\\boxed{\u00bd}", "1/2"), ("so 3\u20444 of it", "3/4"),
+    ("The answer is $118 000.", "118000"),                  # spaced thousands after $
+    ("So $409 500 - $400 000 = $9 500 more.", "9500"),
+    ("#### 118 000", "118000"), ("\\boxed{1 000}", "1000"),  # ...or all a marker points at
+    ("I have 5 100-page books", "100"), ("The answer is 5 100-page books", "5"),
+    ("The answer is $\\frac{1}{2}$ cup.", "\\frac{1}{2}"),  # the math, not its unit
+    ("Answer: \\frac{3}{4} cups", "\\frac{3}{4}"),
+    ("\\boxed{\\frac{3}{4} \\pi}", "\\frac{3}{4} \\pi"),
     ("no digits here", None),
     ("", None),
 ])
@@ -113,6 +126,9 @@ def test_gsm8k_reference_answer_forms():
     assert gsm8k_reference_answer("42") == "42"
     assert gsm8k_reference_answer("no final answer") is None
     assert gsm8k_reference_answer("#### \u22123") == "-3"  # the Unicode minus
+    assert gsm8k_reference_answer("#### 2 1/2") == "5/2"  # read as responses are
+    assert gsm8k_reference_answer("#### -3 3/4 cups") == "-15/4"
+    assert gsm8k_reference_answer("\u00bd") == "1/2"
 
 
 def test_gsm8k_reference_answer_on_every_test_problem():
@@ -135,6 +151,14 @@ def test_grader_fast_path_and_math_verify():
         ])
         assert verdicts == [True, True, False, True, True, True, False, False, True, False, True, True]
         assert grader.grade("3", "so 1 + 2 = 3") is True
+        # a mixed-number reference is the number a response would be read as (math-verify
+        # reads `$2 1/2$` as 3/2), and a unit after LaTeX is not multiplied in
+        assert grader.grade_many([
+            ("2 1/2", "The answer is 2 1/2"), ("2 1/2", "The answer is 1.5"),
+            ("3 3/4", "The answer is 3.75"), ("2", "The answer is 2 and 1/2 hours."),
+            ("0.5", "The answer is $\\frac{1}{2}$ cup."), ("1.75", "The answer is $1\\frac{3}{4}$ cups."),
+            ("0.5", "Answer: \\frac{1}{2} cup"), ("2 1/2", "\\boxed{2\\frac{1}{2}}"),
+        ]) == [True, False, True, False, True, True, True, True]
 
 
 def test_hung_check_scores_false_and_pool_survives():

@@ -8,13 +8,14 @@ worker processes with a deadline per item (see `MathGrader`).
 from __future__ import annotations
 
 import re
+import unicodedata
 from fractions import Fraction
 from typing import Iterable
 
 from mindxh.rewards.pool import TimeoutPool
 
 __all__ = ["MathGrader", "extract_answer", "gsm8k_reference_answer", "normalize_number",
-           "numbers_equal"]
+           "numbers_equal", "reference_number"]
 
 # A number not glued to a Latin word: 1,234.5  -3  .5  3/4.  The sign counts only when the
 # character before it is not a digit, letter or ')' (so `16-3` is 16 and 3, not -3). Chinese
@@ -22,9 +23,19 @@ __all__ = ["MathGrader", "extract_answer", "gsm8k_reference_answer", "normalize_
 _NUM = re.compile(r"(?:(?<![A-Za-z0-9_.)])-)?(?<![A-Za-z0-9_.])"
                   r"(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][+-]?\d+(?![\w.]))?"
                   r"(?:/\d+(?!\d|\.\d))?|\.\d+)")
-# A mixed number, `2 1/2` (= 5/2): a whole number of at most 3 digits (not a year: `In 2023
-# 1/4 of...`), blanks, then a proper fraction, not followed by `of` (`20 1/5 of which...`)
-_MIXED = re.compile(r"(-?\d{1,3})[ \t\u00a0]+(\d+)/(\d+)(?!\d|/|\.\d|\s+of\b)")
+# A mixed number, `2 1/2` or `2 and 1/2` (= 5/2): a whole number of at most 3 digits (not a
+# year: `In 2023 1/4 of...`), blanks, then a proper fraction that is not the start of a
+# hyphenated unit (`12 1/4-pound burgers` are 12) nor followed by `of which/whom` (`$20 1/5
+# of which was tax`)
+_MIXED = re.compile(r"(-?\d{1,3})[ \t\u00a0]+(?:and[ \t]+)?(\d+)/(\d+)"
+                    r"(?!\d|/|\.\d|-[A-Za-z]|\s+of\s+(?:which|whom)\b)")
+# Thousands separated by spaces, only where they cannot be two numbers: after a dollar sign
+# (`$118 000`), or as the whole of what a marker points at (`#### 118 000`)
+_SPACED_THOUSANDS = r"\d{1,3}(?: \d{3})+(?![\d/])"
+_MONEY_SPACED_THOUSANDS = re.compile(r"(?<=\$)" + _SPACED_THOUSANDS)
+_ONLY_SPACED_THOUSANDS = re.compile(r"-?" + _SPACED_THOUSANDS + r"(?:\.\d+)?")
+# Words after a LaTeX answer (`\frac{3}{4} cups`): a unit, which math-verify would multiply in
+_TRAILING_WORDS = re.compile(r"(?<=[}\d])(?:\s+[A-Za-z]{2,}\.?)+\s*$")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _A_LINE = re.compile(r"^[ \t]*A:[ \t]*([^\n]*)", re.M)  # [ \t]: \s would backtrack over blank lines
@@ -54,8 +65,12 @@ def _bracketed_list(s: str) -> bool:
             and _LIST_COMMA.search(s) is not None)
 # What a model may write for ASCII digits and minus: the Unicode minus (U+2212), the small and
 # full-width hyphen-minus, the en dash (a sign only where `_NUM` takes one), full-width digits
-_ASCII = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-", "\u2013": "-",
-                        **{chr(0xFF10 + d): str(d) for d in range(10)}})
+# digits, and the vulgar fractions (`2½` is the mixed number 2 1/2; `⁄` is a fraction slash)
+_ASCII = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-", "\u2013": "-", "\u2044": "/",
+                        **{chr(0xFF10 + d): str(d) for d in range(10)},
+                        **{c: " {0.numerator}/{0.denominator}".format(
+                            Fraction(unicodedata.numeric(c)).limit_denominator(10))
+                           for c in "¼½¾⅐⅑⅒⅓⅔⅕⅖⅗⅘⅙⅚⅛⅜⅝⅞"}})
 _OPERATORS = tuple("^*/+-×÷·")
 
 
@@ -86,6 +101,13 @@ def _mixed_at(text: str, start: int, end: int | None = None) -> str | None:
         return None
     value = abs(whole) + Fraction(num, den)
     return normalize_number(str(-value if m.group(1).startswith("-") else value))
+
+
+def reference_number(text: str) -> str | None:
+    """A reference answer as a number, read as responses are (`2 1/2` is 5/2, `½` is 1/2);
+    None if it is not one (then math-verify compares it)."""
+    s = text.translate(_ASCII).strip()
+    return _mixed_at(s, 0, len(s)) or normalize_number(s)
 
 
 def numbers_equal(a: str | None, b: str | None) -> bool:
@@ -121,16 +143,23 @@ def _last_boxed(text: str) -> str | None:
 
 def _from_region(region: str) -> str | None:
     """What a marker points at: its first number (`18 dollars`), or an expression as written."""
+    span = _MATH_SPAN.search(region)  # `$\\frac{1}{2}$ cup`: the math, without the unit
+    if span and not re.search(r"\d", region[:span.start()] + region[span.end():]):
+        region = next(g for g in span.groups() if g is not None)
     s = _THIN_THOUSANDS.sub(",", _MARKDOWN.sub(" ", region))
     s = _LATEX_NOISE.sub(" ", _LATEX_TEXT.sub(r" \1 ", s)).replace("$", " ")
     s = _SPACED_MINUS.sub("-", s).strip().rstrip(".").strip()
     if not s:
         return None
     s = s.rsplit("=", 1)[-1].strip() or s  # `5 + 3 = 8` answers 8
+    if _ONLY_SPACED_THOUSANDS.fullmatch(s):
+        s = s.replace(" ", "")
     if _bracketed_list(s):
         return s
     m = _NUM.search(s)
-    if _LATEX_CMD.search(s) or (m and s[m.end():].lstrip()[:1] in _OPERATORS):
+    if _LATEX_CMD.search(s):
+        return _TRAILING_WORDS.sub("", s)  # an expression (`\\frac{1}{2}`): math-verify's job
+    if m and s[m.end():].lstrip()[:1] in _OPERATORS:
         return s  # an expression (`\\frac{1}{2}`, `2^{10}`): math-verify's job
     if m is None:
         return s
@@ -146,7 +175,8 @@ def extract_answer(text: str) -> str | None:
     """
     if not text or text.isspace():
         return None
-    text = text.translate(_ASCII)
+    text = _MONEY_SPACED_THOUSANDS.sub(lambda m: m.group(0).replace(" ", ","),
+                                       text.translate(_ASCII))
     outside = _THINK_BLOCK.sub(" ", text)  # the answer given after thinking, not a draft in it
     if outside.strip() and outside != text:
         answer = extract_answer(outside)
@@ -190,9 +220,10 @@ def gsm8k_reference_answer(answer_text: str) -> str | None:
     for pattern in (_HASHES, _A_LINE):
         found = pattern.findall(answer_text)
         if found:
-            m = _NUM.search(found[-1].replace("$", " "))
-            return normalize_number(m.group(0)) if m else None
-    return normalize_number(answer_text)
+            region = found[-1].replace("$", " ")
+            m = _NUM.search(region)
+            return (_mixed_at(region, m.start()) or normalize_number(m.group(0))) if m else None
+    return reference_number(answer_text)
 
 
 def _import_math_verify() -> None:
@@ -233,11 +264,13 @@ class MathGrader:
         slow: list[tuple[int, tuple[str, str]]] = []
         for i, (reference, response) in enumerate(pairs):
             predicted = extract_answer(response)
-            if numbers_equal(normalize_number(reference), predicted):
-                results[i] = True
+            number = reference_number(reference)
+            if number is not None and predicted is not None and normalize_number(predicted):
+                results[i] = numbers_equal(number, predicted)  # two numbers: nothing to parse
             elif reference.strip():  # no extracted answer: math-verify searches the whole text
                 pred = _as_latex(predicted) if predicted is not None else response
-                slow.append((i, (_as_latex(reference.strip()), pred)))
+                # a number as read here: math-verify reads `$2 1/2$` as 3/2
+                slow.append((i, (_as_latex(number or reference.strip()), pred)))
         for (i, _), ok in zip(slow, self._pool.map(pair for _, pair in slow)):
             results[i] = bool(ok)
         return results
