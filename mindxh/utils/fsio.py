@@ -7,10 +7,10 @@ new one, never a torn one.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -74,36 +74,59 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine (a zombie, dead but not reaped, does not)."""
+    """Whether process `pid` runs on this machine (a zombie, dead but not reaped, does not).
+    A process this user may not see (another user's under `hidepid`) counts as running."""
+    if pid <= 0:
+        return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
+    except OSError:  # no such process, a hidden one, or no /proc (not Linux)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+        return True
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the command name may hold ')'
 
 
+# Sibling folders of an output while it is replaced: `.NAME.mindxh-tmp-PID` (being filled),
+# `.NAME.mindxh-old-PID` (the previous output, set aside) and `.NAME.mindxh-del-PID` (being
+# removed). The `mindxh-` prefix keeps a user's own `.NAME.old-2024` backups out of them.
+_STAGING_KINDS = ("old", "del", "tmp")
+
+
+def _sibling(out: Path, kind: str, pid: int) -> Path:
+    return out.parent / f".{out.name}.mindxh-{kind}-{pid}"
+
+
 def _clear_stale(out: Path) -> None:
-    """Siblings a killed process left: its half-filled `.NAME.tmp-PID` goes; its set-aside
-    `.NAME.old-PID` is put back if the kill came between the two renames of `swap_in` (so no
-    `out`), and goes otherwise. Folders of live processes are theirs and stay."""
+    """Siblings a killed process left: its half-filled `tmp` and half-removed `del` folders
+    go; its set-aside `old` one is put back if the kill came between the two renames of
+    `swap_in` (so no `out`), and goes otherwise. Folders of live processes are theirs and stay;
+    one named with this process's own pid is a killed predecessor's (pids repeat in containers)."""
     if not out.parent.is_dir():
         return
-    for kind in ("old", "tmp"):
-        for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.{kind}-*")):
-            pid = path.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or pid_alive(int(pid)):
-                continue
-            if kind == "old" and not out.exists():
-                os.rename(path, out)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
+    own = re.compile(rf"\.{re.escape(out.name)}\.mindxh-({'|'.join(_STAGING_KINDS)})-([0-9]+)")
+    found = [(m.group(1), int(m.group(2)), path) for path in sorted(out.parent.iterdir())
+             if (m := own.fullmatch(path.name))]
+    for kind, pid, path in sorted(found, key=lambda f: _STAGING_KINDS.index(f[0])):
+        if pid != os.getpid() and pid_alive(pid):
+            continue
+        if kind == "old" and not out.exists():
+            os.rename(path, out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def staging_dir(out: Path) -> Path:
-    """A fresh hidden sibling of `out` (`.NAME.tmp-PID`) to fill and check before `swap_in`;
-    what an earlier, killed process left beside `out` is cleared first."""
+    """A fresh hidden sibling of `out` (`.NAME.mindxh-tmp-PID`) to fill and check before
+    `swap_in`; what an earlier, killed process left beside `out` is cleared first."""
     _clear_stale(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = _sibling(out, "tmp", os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -111,12 +134,16 @@ def staging_dir(out: Path) -> Path:
 
 def swap_in(tmp: Path, out: Path) -> None:
     """Rename the filled `tmp` to `out`. An existing `out` is set aside first and removed
-    only once the new one is in place, so a failure before leaves it untouched."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    only once the new one is in place, so a failure before leaves it untouched; it is renamed
+    once more before removal, so a kill mid-removal never leaves a part that could be put back."""
+    old = _sibling(out, "old", os.getpid())
     if out.exists():
         os.rename(out, old)
     os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        trash = _sibling(out, "del", os.getpid())
+        os.rename(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def file_sha256(path: str | os.PathLike[str], block: int = 1 << 22) -> str:
