@@ -180,6 +180,9 @@ def test_user_errors_exit_2_with_one_line(small):
     assert res.returncode == 2 and res.stderr.startswith("error: unknown hardware 'tpu'")
     res = run_cli("plan", str(small), "--hardware", "910B,910B", "--json")  # one ratio per profile
     assert res.returncode == 2 and "names ascend-910b2 twice" in res.stderr and not res.stdout
+    assert "error: --hardware 910B,910B:" in res.stderr
+    res = run_cli("plan", str(small), "--set", "cluster.hardware=H100,H100")  # the recipe's key
+    assert res.returncode == 2 and "error: cluster.hardware 'H100,H100': names" in res.stderr
     res = run_cli("plan", str(small), "--set", "model.hiden_size=3")
     assert res.returncode == 2 and "did you mean 'hidden_size'" in res.stderr.lower()
     res = run_cli("plan", str(small), "--hardware", "cpu")  # bf16 has no CPU peak

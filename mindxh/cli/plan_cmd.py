@@ -48,14 +48,16 @@ def run(args: argparse.Namespace) -> int:
         recipe, problems = load_for_plan(args.recipe, overrides)
         problems = [p.replace(f"--set cluster.devices={args.devices}", f"--devices {args.devices}")
                     for p in problems]
+    source = f"--hardware {args.hardware}" if args.hardware else \
+        f"cluster.hardware {recipe.cluster.hardware!r}"  # where the names came from
     names = [n.strip() for n in (args.hardware or recipe.cluster.hardware).split(",") if n.strip()]
     if not names:
-        raise RecipeError("--hardware: name at least one profile, e.g. 910B or 910B,H100")
+        raise RecipeError(f"{source}: name at least one profile, e.g. 910B or 910B,H100")
     profiles = [profile_for(n) for n in names]
     seen = [p.name for p in profiles]
     twice = next((n for n in seen if seen.count(n) > 1), None)
     if twice is not None:
-        raise RecipeError(f"--hardware {args.hardware}: names {twice} twice; a side-by-side "
+        raise RecipeError(f"{source}: names {twice} twice; a side-by-side "
                           "compares different profiles")
     plans = [make_plan(recipe, profile, problems) for profile in profiles]
     if args.json:
