@@ -88,6 +88,7 @@ def _gsm8k_dir() -> Path:
     ("The answer is $\\frac{1}{2}$ cup.", "\\frac{1}{2}"),  # the math, not its unit
     ("Answer: \\frac{3}{4} cups", "\\frac{3}{4}"),
     ("\\boxed{\\frac{3}{4} \\pi}", "\\frac{3}{4} \\pi"),
+    ("<answer>3 1/4 + 2</answer>", "(13/4) + 2"),       # a mixed number inside an expression
     ("no digits here", None),
     ("", None),
 ])
@@ -158,7 +159,8 @@ def test_grader_fast_path_and_math_verify():
             ("3 3/4", "The answer is 3.75"), ("2", "The answer is 2 and 1/2 hours."),
             ("0.5", "The answer is $\\frac{1}{2}$ cup."), ("1.75", "The answer is $1\\frac{3}{4}$ cups."),
             ("0.5", "Answer: \\frac{1}{2} cup"), ("2 1/2", "\\boxed{2\\frac{1}{2}}"),
-        ]) == [True, False, True, False, True, True, True, True]
+            ("21/4", "<answer>3 1/4 + 2</answer>"), ("11/4", "<answer>3 1/4 + 2</answer>"),
+        ]) == [True, False, True, False, True, True, True, True, True, False]
 
 
 def test_hung_check_scores_false_and_pool_survives():

@@ -156,14 +156,16 @@ def _from_region(region: str) -> str | None:
         s = s.replace(" ", "")
     if _bracketed_list(s):
         return s
-    m = _NUM.search(s)
     if _LATEX_CMD.search(s):
         return _TRAILING_WORDS.sub("", s)  # an expression (`\\frac{1}{2}`): math-verify's job
-    if m and s[m.end():].lstrip()[:1] in _OPERATORS:
-        return s  # an expression (`\\frac{1}{2}`, `2^{10}`): math-verify's job
+    m = _NUM.search(s)
     if m is None:
         return s
-    return _mixed_at(s, m.start()) or normalize_number(m.group(0))
+    mixed = _mixed_at(s, m.start())
+    end = _MIXED.match(s, m.start()).end() if mixed else m.end()
+    if s[end:].lstrip()[:1] in _OPERATORS:  # an expression (`2^{10}`): math-verify's job,
+        return f"{s[:m.start()]}({mixed}){s[end:]}" if mixed else s  # `(13/4) + 2`, not 3*1/4 + 2
+    return mixed or normalize_number(m.group(0))
 
 
 def extract_answer(text: str) -> str | None:
