@@ -99,6 +99,31 @@ def test_initial_loss_is_near_uniform(ms_pynative):
     assert abs(loss - np.log(200)) < 0.1
 
 
+def test_loss_is_the_masked_mean_and_zero_without_loss_tokens(ms_pynative):
+    """The mean over unmasked targets, bit for bit as `reduction="mean"`; a batch whose targets
+    are all masked (an SFT row of prompt only) gives 0 and zero gradients, not 0/0: one process
+    then steps as data-parallel ranks do, where such a batch weighs 0 (train.step.TokenWeighted)."""
+    from mindxh.models.llama.model import Decoder, LossCell
+
+    ms = ms_pynative
+    cfg = ModelConfig(vocab_size=50, hidden_size=16, num_heads=2, num_kv_heads=1,
+                      intermediate_size=24, max_seq_len=16)
+    rng = np.random.default_rng(2)
+    tokens = ms.Tensor(rng.integers(0, 50, (3, 12)).astype(np.int32))
+    targets = rng.integers(0, 50, (3, 12))
+    targets[rng.random((3, 12)) < 0.5] = -100
+    model = Decoder(cfg, 0)
+    cell = LossCell(model)
+    logits = model(tokens).reshape(-1, 50)
+    want = ms.ops.cross_entropy(logits, ms.Tensor(targets.reshape(-1).astype(np.int32)),
+                                ignore_index=-100, reduction="mean")
+    assert cell(tokens, ms.Tensor(targets.astype(np.int32))).asnumpy() == want.asnumpy()
+    masked = ms.Tensor(np.full((3, 12), -100, np.int32))
+    assert float(cell(tokens, masked).asnumpy()) == 0.0
+    grads = ms.grad(cell, grad_position=None, weights=cell.trainable_params())(tokens, masked)
+    assert all(not np.any(g.asnumpy()) for g in grads)
+
+
 def _first_steps(mode: str, out, tokenizer) -> list[dict]:
     res = run_cli("train", str(TINY), "--output-dir", str(out), "--max-steps", "3", "--no-progress",
                   "--set", f"compile.mode={mode}", "--set", "train.log_every=1",

@@ -292,9 +292,9 @@ class Decoder(nn.Cell):
 
 
 class LossCell(nn.Cell):
-    """Mean next-token cross entropy (nats) over targets that are not `ignore_index` (-100),
-    plus, for a mixture-of-experts model, its balance loss (`moe` is a constant: a dense model
-    compiles exactly the graph it always did)."""
+    """Mean next-token cross entropy (nats) over targets that are not `ignore_index` (-100;
+    0 when there are none), plus, for a mixture-of-experts model, its balance loss (`moe` is
+    a constant: a dense model compiles exactly the graph it always did)."""
 
     def __init__(self, model: Decoder):
         super().__init__()
@@ -313,9 +313,11 @@ class LossCell(nn.Cell):
     def _cross_entropy(self, logits, targets, token_weight=None):
         vocab = logits.shape[-1]
         logits, targets = logits.reshape(-1, vocab), targets.reshape(-1)
-        if token_weight is None:
-            return ops.cross_entropy(logits, targets, ignore_index=-100, reduction="mean")
-        return ops.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") * token_weight
+        total = ops.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+        if token_weight is None:  # the mean; 0, not 0/0, for a batch without loss tokens (the
+            # same as reduction="mean" bit for bit otherwise, and as a token-weighted step)
+            return total / ops.maximum((targets != -100).astype(total.dtype).sum(), 1.0)
+        return total * token_weight
 
 
 def build_model(cfg: ModelConfig, seed: int) -> Decoder:
