@@ -25,6 +25,7 @@ import numpy as np
 from mindxh.data.chat import ChatFormatError, render_chat
 from mindxh.data.readers import Chunk, Skip, classify_chat_error, parse_chunk
 from mindxh.tokenizer.spm import Tokenizer
+from mindxh.utils.fsio import pid_alive
 
 __all__ = ["ChunkEncoder", "Encoded", "encode_chunk", "init_worker"]
 
@@ -126,19 +127,9 @@ def init_worker(tok: Tokenizer, kind: str, seq_len: int, max_doc_chars: int, par
 
 def _watch_parent(parent: int) -> None:
     direct = os.getppid() == parent  # spawn, fork; under forkserver the parent is the server
-    while os.getppid() == parent if direct else _exists(parent):
+    while os.getppid() == parent if direct else pid_alive(parent):
         time.sleep(0.5)
     os._exit(1)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def encode_chunk(chunk: Chunk) -> Encoded:
