@@ -56,4 +56,3 @@ def grpo(p: dict) -> dict:
             "rollouts_per_step": g.prompts_per_step * g.group_size,
             "max_new_tokens": g.max_new_tokens, "micro_batch_rows": g.micro_batch_rows,
             "recipe_steps": load_recipe(p["recipe"]).grpo.steps}
-

@@ -81,7 +81,6 @@ def checkpoints_dir(root: str | Path) -> Path:
     return Path(root) / CHECKPOINTS_DIRNAME
 
 
-
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

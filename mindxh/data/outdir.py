@@ -116,4 +116,3 @@ def finish(directory: Path, partial: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, old)
     _fsync_dir(directory)
     shutil.rmtree(partial)
-

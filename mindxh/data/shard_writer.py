@@ -145,4 +145,3 @@ def _page_bytes(seq_len: int) -> int:
     """A page must hold at least one row: 8 MiB, or the power of two above two rows."""
     need = 2 * (12 * seq_len + 64)
     return min(max(_PAGE_BYTES, 1 << (need - 1).bit_length()), 256 << 20)
-

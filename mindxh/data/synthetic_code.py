@@ -202,4 +202,3 @@ def iter_code_problems(seed: int, split: str, levels: Sequence[int] | int, start
         if split_of(problem.key, heldout_fraction) == split:
             yield index, problem
         index += 1
-

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class EvalError(MindxhError):
     """An evaluation that cannot run as asked (unknown task, unusable data file)."""
 
+
 DEFAULT_GSM8K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 

@@ -165,4 +165,3 @@ def prompt_widths(max_len: int, prompt_bucket: int) -> list[int]:
     cache_len = max_len - 1
     return sorted({min(w, cache_len) for w in range(prompt_bucket, cache_len + prompt_bucket,
                                                     prompt_bucket)})
-

@@ -55,7 +55,6 @@ __all__ = ["STAGE_FUNCTIONS", "Evaluator", "grpo_validation_set", "sft_validatio
 log = logging.getLogger(__name__)
 
 
-
 def _train(recipe: Recipe, out: Path) -> TrainResult:
     return Trainer(recipe, out, resume=True, show_progress=False).run()
 

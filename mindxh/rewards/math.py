@@ -63,6 +63,8 @@ def _bracketed_list(s: str) -> bool:
     quadratically on a long run of digits and commas)"""
     return (len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and not _WORD.search(s)
             and _LIST_COMMA.search(s) is not None)
+
+
 # What a model may write for ASCII digits and minus: the Unicode minus (U+2212), the small and
 # full-width hyphen-minus, the en dash (a sign only where `_NUM` takes one), full-width digits
 # digits, and the vulgar fractions (`2½` is the mixed number 2 1/2; `⁄` is a fraction slash)

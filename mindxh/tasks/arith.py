@@ -52,8 +52,6 @@ def is_correct(text: str, answer: int) -> bool:
     return answer_int(text) == answer
 
 
-
-
 def heldout_problems(seed: int, level: int, n: int) -> list[Problem]:
     """The first `n` held-out problems of stream `seed` (never in any training stream)."""
     it = iter_problems(seed, "heldout", [level])

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 class TokenizerError(MindxhError, ValueError):
     """A file that is no usable tokenizer, or training settings the corpus cannot satisfy."""
 
+
 REASONING_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
 _MODEL_TYPES = ("bpe", "unigram", "char", "word")
 # SentencePiece silently skips longer sentences (default 4192 bytes); whole
