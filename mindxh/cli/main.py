@@ -84,7 +84,8 @@ def _interrupt_on_sigterm() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mindxh", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and MindSpore's own warnings")
     sub = parser.add_subparsers(dest="command", required=True)
     train_cmd.register(sub)
     launch_cmd.register(sub)
@@ -99,11 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.register(sub)
     export_cmd.register(sub)
     bench_cmd.register(sub)
+    for command in _commands(parser):  # `mindxh train R -v` as well as `mindxh -v train R`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="debug logging, and MindSpore's own warnings")
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser):
+    """Every parser that runs a command (the leaves of the sub-command tree)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for sub in subs:
+        for child in sub.choices.values():
+            yield from _commands(child)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # MindSpore's C++ warnings (glog) are noise for a user; read at import
+        os.environ.setdefault("GLOG_v", "3")
     _setup_logging(args.verbose)
     _interrupt_on_sigterm()
     try:
