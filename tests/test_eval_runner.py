@@ -21,11 +21,14 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_arith_scores_every_sample_and_prints_the_accuracy(tiny_run, tmp_path):
-    out = tmp_path / "arith.jsonl"
+def test_arith_scores_every_sample_and_prints_the_accuracy(tiny_run):
     res = run_cli("eval", "arith", "--checkpoint", str(tiny_run), "--limit", "6",
-                  "--max-new-tokens", "8", "--out", str(out))
+                  "--max-new-tokens", "8")
     assert res.returncode == 0, res.stderr[-3000:]
+    # by default beside the run's checkpoints, not in one: pruning would delete the samples
+    out = tiny_run / "eval" / "step-00000002-arith.jsonl"
+    assert f"samples in {out}" in res.stdout
+    assert not list((tiny_run / "checkpoints").glob("*/eval_*"))
     rows = _rows(out)
     assert len(rows) == 6
     for r in rows:  # the stored verdict is the grader's verdict on the stored response

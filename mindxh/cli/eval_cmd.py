@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--samples", help='JSON lines of answers to score (humaneval: "task_id", '
                                           '"completion")')
     source.add_argument("--checkpoint", help="a run directory or checkpoint to generate answers with")
-    parser.add_argument("--out", help="per-sample results, JSON lines (default: SAMPLES_results.jsonl)")
+    parser.add_argument("--out", help="per-sample results, JSON lines (default: SAMPLES_results.jsonl "
+                                      "with --samples; RUN/eval/STEP-TASK.jsonl for a run's "
+                                      "checkpoint, else CHECKPOINT/eval_TASK.jsonl)")
     parser.add_argument("--k", type=_ks, default=[1, 10], help="pass@k to report (default 1,10)")
     parser.add_argument("--workers", type=int, default=2, help="samples run in parallel (default 2)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (default 3)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mindxh.checkpoint.store import CHECKPOINTS_DIRNAME
 from mindxh.errors import MindxhError, MissingFileError
 from mindxh.rewards.judge import greedy_records
 from mindxh.tasks import arith, code
@@ -39,7 +40,7 @@ class EvalOptions:
 
     task: str  # one of TASKS
     checkpoint: str  # run directory or checkpoint directory
-    out: Optional[str] = None  # per-sample JSONL (default CHECKPOINT/eval_TASK.jsonl)
+    out: Optional[str] = None  # per-sample JSONL (default: default_samples_path)
     limit: Optional[int] = None  # first N problems only
     level: int = 2  # arith problem level
     data: Optional[str] = None  # gsm8k JSONL
@@ -169,6 +170,14 @@ def _check_options(args: EvalOptions) -> None:
             raise EvalError(f"--out {out}: {parent} is a file, not a directory")
 
 
+def default_samples_path(checkpoint: Path, task: str) -> Path:
+    """RUN/eval/STEP-TASK.jsonl for a checkpoint of a run (whose checkpoint folders are pruned
+    as training goes on: the samples must not go with them), else CHECKPOINT/eval_TASK.jsonl."""
+    if checkpoint.parent.name == CHECKPOINTS_DIRNAME:
+        return checkpoint.parent.parent / "eval" / f"{checkpoint.name}-{task}.jsonl"
+    return checkpoint / f"eval_{task}.jsonl"
+
+
 def run_eval(args: EvalOptions) -> str:
     """Generate and score; returns the summary line the command prints."""
     _check_options(args)
@@ -179,6 +188,6 @@ def run_eval(args: EvalOptions) -> str:
     ms.set_context(mode=ms.GRAPH_MODE)
     model, tok, recipe, checkpoint = load_for_inference(args.checkpoint)
     records, summary = TASKS[args.task](args, model, tok, recipe)
-    out = Path(args.out or f"{checkpoint}/eval_{args.task}.jsonl")
+    out = Path(args.out) if args.out else default_samples_path(Path(checkpoint), args.task)
     write_jsonl(out, records)
     return f"{summary} | checkpoint {checkpoint} | samples in {out}"
