@@ -1,6 +1,7 @@
 """Recipes: every shipped file loads; every kind of mistake is an error naming key, file and line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,17 @@ def test_a_valid_plan_and_its_device_count():
 def test_scale_out_settings_are_checked(overrides, key, needle):
     msg = error_of(TINY, overrides)
     assert key in msg and needle in msg, msg
+
+
+def test_recipe_changes_lists_each_differing_key():
+    from mindxh.config.loader import recipe_changes
+
+    base = load_recipe(TINY)
+    other = load_recipe(TINY, ["train.max_steps=7", "data.levels=[1,3]", "optim.lr=0.5"])
+    assert recipe_changes(recipe_to_yaml(base), recipe_to_yaml(base)) == []
+    assert recipe_changes(recipe_to_yaml(base), recipe_to_yaml(other)) == [
+        f"data.levels: {json.dumps(base.data.levels)} -> [1, 3]",
+        f"optim.lr: {base.optim.lr} -> 0.5",
+        f"train.max_steps: {base.train.max_steps} -> 7",
+    ]
+    assert recipe_changes("a: 1", "a: 1\nb: {c: 2}") == ["b.c: (absent) -> 2"]

@@ -309,6 +309,9 @@ def test_resume_survives_a_torn_metrics_line_and_a_finished_run_is_left_alone(tm
         f.write('{"step": 11, "loss": 5.1')
     res = _train(out, tiny_tokenizer, "--max-steps", "20", "--resume")
     assert res.returncode == 0 and "a record cut short, dropped" in res.stderr, res.stderr[-2000:]
+    # a longer run: the warning names what changed and what that moves
+    assert "differs from the checkpoint's" in res.stderr and "train.max_steps: 10 -> 20 (the " \
+        "learning-rate schedule follows train.max_steps)" in res.stderr, res.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 20
     state = out / "checkpoints" / "step-00000020" / "state.json"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import typing
 from pathlib import Path
@@ -339,3 +340,30 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The fully resolved recipe, loadable again with `load_recipe`."""
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=False)
+
+
+_ABSENT = object()
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
+
+
+def recipe_changes(old_text: str, new_text: str) -> list[str]:
+    """What differs between two recipes as `mindxh` writes them (recipe_to_yaml), one
+    'section.key: old -> new' each, in key order; [] when only formatting differs."""
+    try:
+        old, new = (_flat(yaml.safe_load(t) or {}) for t in (old_text, new_text))
+    except yaml.YAMLError:
+        return ["(a recipe that is not YAML)"]
+    return [f"{k}: {_show(old.get(k, _ABSENT))} -> {_show(new.get(k, _ABSENT))}"
+            for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]

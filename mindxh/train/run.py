@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from mindxh.checkpoint import store as ckpt
 from mindxh.config import Recipe
+from mindxh.config.loader import recipe_changes
 from mindxh.errors import MindxhError
 from mindxh.train import runtime
 from mindxh.train.metrics import MetricsLog
@@ -95,7 +96,12 @@ class RunDir:
                  load_state: Callable[[dict[str, Any]], None]) -> int:
         state = ckpt.load_checkpoint(path)
         if state.recipe_text != recipe_text:
-            log.warning("resuming with a recipe that differs from the checkpoint's (%s/recipe.yaml)", path)
+            changed = recipe_changes(state.recipe_text, recipe_text)
+            if changed:
+                moves = " (the learning-rate schedule follows train.max_steps)" if any(
+                    c.startswith("train.max_steps:") for c in changed) else ""
+                log.warning("resuming with a recipe that differs from the checkpoint's "
+                            "(%s/recipe.yaml): %s%s", path, "; ".join(changed), moves)
         try:
             ckpt.assign_tensors(state.model, model.parameters_and_names(), path / ckpt.MODEL_FILE)
             ckpt.assign_tensors(state.optimizer, optimizer.state_parameters(),
