@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -155,6 +156,9 @@ def test_ctrl_c_at_a_terminal_mid_training_prints_one_line_and_resumes(tmp_path,
     assert err.rstrip().endswith("interrupted") and "Traceback" not in err
     res = run_cli(*cmd[3:], "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
+    resumed_at = int(re.search(r"this session: (\d+)-(\d+)\)", res.stdout).group(1))
+    assert res.stdout.startswith(f"done: 30 steps (this session: {resumed_at}-30) in ")
+    assert 4 < resumed_at <= 30
     _same_run(straight, out)
 
 

@@ -39,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
               f"train.max_steps={recipe.train.max_steps}; raise --max-steps to train on")
         return 0
     eval_text = f"{result.eval_loss:.4f}" if result.eval_loss is not None else "n/a"
-    print(f"done: {result.final_step} steps in {result.wall_s:.1f}s | loss {result.final_loss:.4f} | "
+    first = result.final_step - result.steps_run + 1  # > 1 after --resume: time is this session's
+    steps = f"{result.final_step} steps" if first == 1 else \
+        f"{result.final_step} steps (this session: {first}-{result.final_step})"
+    print(f"done: {steps} in {result.wall_s:.1f}s | loss {result.final_loss:.4f} | "
           f"held-out loss {eval_text} | {result.tokens_per_s:,.0f} tokens/s | MFU {result.mfu:.2%} | "
           f"{result.parameters['total']:,} parameters | outputs in {result.output_dir}")
     return 0
