@@ -373,3 +373,9 @@ def test_recipe_changes_lists_each_differing_key():
         f"train.max_steps: {base.train.max_steps} -> 7",
     ]
     assert recipe_changes("a: 1", "a: 1\nb: {c: 2}") == ["b.c: (absent) -> 2"]
+
+
+def test_max_steps_option_is_checked_as_itself(tmp_path):
+    res = run_cli("train", str(TINY), "--max-steps", "0", "--output-dir", str(tmp_path / "o"))
+    assert res.returncode == 2 and "--max-steps: must be a positive integer, got 0" in res.stderr
+    assert "--set" not in res.stderr.splitlines()[-1] and not (tmp_path / "o").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mindxh.cli.recipe_cmd import add_set_option
+from mindxh.cli.recipe_cmd import add_max_steps_option, add_set_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("recipe", help="path to a recipe YAML file")
     parser.add_argument("--output-dir", help="where checkpoints, metrics and logs/ go "
                                              "(default: recipe output_dir)")
-    parser.add_argument("--max-steps", type=int, help="shorthand for --set train.max_steps=N")
+    add_max_steps_option(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--worker-script", help=argparse.SUPPRESS)  # tests: run this, not -m mindxh

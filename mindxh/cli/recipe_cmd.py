@@ -11,6 +11,22 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe key, e.g. --set model.hidden_size=256 (repeatable)")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: `--max-steps 0` is refused as itself, not as the --set it becomes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def add_max_steps_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-steps", type=positive_int, metavar="N",
+                        help="shorthand for --set train.max_steps=N")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("recipe", help="inspect recipes")
     inner = parser.add_subparsers(dest="recipe_command", required=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mindxh.cli.recipe_cmd import add_set_option
+from mindxh.cli.recipe_cmd import add_max_steps_option, add_set_option
 from mindxh.config import load_recipe
 
 
@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="pretrain a model from a recipe")
     parser.add_argument("recipe", help="path to a recipe YAML file")
     parser.add_argument("--output-dir", help="where checkpoints and metrics go (default: recipe output_dir)")
-    parser.add_argument("--max-steps", type=int, help="shorthand for --set train.max_steps=N")
+    add_max_steps_option(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_option(parser)
