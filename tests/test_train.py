@@ -327,6 +327,18 @@ def test_resume_survives_a_torn_metrics_line_and_a_finished_run_is_left_alone(tm
     assert "Traceback" not in res.stderr
 
 
+def test_a_run_refused_before_its_first_step_leaves_no_folder(tmp_path, tiny_tokenizer):
+    """Refused after the output folder was claimed (a dataset checked only once the tokenizer is
+    known): the folders this call made go again; a folder that was there stays."""
+    missing = ["--set", "data.source=prepared", "--set", f"data.datasets=[{{path: {tmp_path}/none}}]"]
+    res = _train(tmp_path / "new" / "run", tiny_tokenizer, *missing)
+    assert res.returncode == 2 and "no such dataset directory" in res.stderr, res.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    res = _train(tmp_path / "mine", tiny_tokenizer, *missing)
+    assert res.returncode == 2 and (tmp_path / "mine").is_dir()
+
+
 def test_metrics_of_a_run_without_checkpoints_are_not_overwritten(tmp_path, tiny_tokenizer):
     out = tmp_path / "early-crash"
     out.mkdir()

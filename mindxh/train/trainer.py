@@ -14,6 +14,7 @@ continues bitwise identically on CPU.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 from mindxh.config import Recipe, recipe_to_yaml
 from mindxh.data.loader import DataError
 from mindxh.data.packing import IGNORE
+from mindxh.errors import MindxhError
 from mindxh.models.accounting import mfu, training_flops_per_token
 from mindxh.tokenizer import Tokenizer
 from mindxh.train import runtime, warmstart
@@ -290,8 +292,18 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
 
     def run(self) -> TrainResult:
+        created = None  # the outermost folder of output_dir that this call will make
+        for folder in (self.out.absolute(), *self.out.absolute().parents):
+            if folder.exists():
+                break
+            created = folder
+        self._opened = False
         try:
             return self._run()
+        except MindxhError:  # refused before the first step: leave no folder this call made
+            if created is not None and not self._opened and runtime.rank() == 0:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         finally:
             release_lock(self.out)
 
@@ -300,6 +312,7 @@ class Trainer:
 
         start_wall = time.perf_counter()
         s = _Session.open(self.recipe, self.out, self.resume)
+        self._opened = True
         r, t, run = s.recipe, s.recipe.train, s.run
         guard = StepGuard(s.cells.optimizer.loss_scaler)  # reads the restored loss scale
         step = run.step
