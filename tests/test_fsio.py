@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from mindxh.utils.fsio import pid_alive, staging_dir, swap_in
+from mindxh.utils.fsio import pid_alive, read_jsonl, staging_dir, swap_in, write_jsonl
 
 
 def _dead_pid() -> int:
@@ -101,3 +101,11 @@ def test_swap_in_leaves_only_the_new_output(tmp_path):
         (tmp / "v").write_text(value)
         swap_in(tmp, out)
     assert (out / "v").read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_jsonl_round_trip_keeps_unicode_line_separators(tmp_path):
+    """write_jsonl keeps non-ASCII as is, and JSON strings may hold U+2028, U+2029 and U+0085
+    unescaped: str.splitlines() took them for line ends and the reader failed."""
+    records = [{"response": "a\u2028b\u2029c\x85d\u000be"}, {"n": 2}]
+    write_jsonl(tmp_path / "r.jsonl", records)
+    assert read_jsonl(tmp_path / "r.jsonl") == records

@@ -289,6 +289,8 @@ def test_sample_filters_and_log_probs():
     np.testing.assert_allclose(log_probs(logits[:2], np.array([0, 3])), np.log([0.5, 0.05]))
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        SamplingConfig(seed=-1)
 
 
 def test_generate_cli_end_to_end(tmp_path, tiny_tokenizer):
@@ -298,13 +300,14 @@ def test_generate_cli_end_to_end(tmp_path, tiny_tokenizer):
                   "--set", "train.batch_size=4", "--set", "train.seq_len=32")
     assert res.returncode == 0, res.stderr[-3000:]
     prompts_file = tmp_path / "prompts.jsonl"
-    prompts_file.write_text(json.dumps({"prompt": "Mia has 3 pens."}) + "\n" + json.dumps("2+2?") + "\n")
+    prompts_file.write_text(json.dumps({"prompt": "Mia has 3 pens."}) + "\n" + json.dumps("2+2?") + "\n"
+                            + json.dumps("one\u2028two\x85", ensure_ascii=False) + "\n")  # not line ends
     res = run_cli("generate", "--checkpoint", str(run), "--prompt", "What is 1+2?",
                   "--prompts-file", str(prompts_file), "--max-new-tokens", "5", "--temperature", "1",
                   "--seed", "7", "--json")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(line) for line in res.stdout.splitlines()]
-    assert [r["prompt"] for r in rows] == ["What is 1+2?", "Mia has 3 pens.", "2+2?"]
+    assert [r["prompt"] for r in rows] == ["What is 1+2?", "Mia has 3 pens.", "2+2?", "one\u2028two\x85"]
     for r in rows:
         assert 1 <= len(r["ids"]) == len(r["logprobs"]) <= 5
         assert r["finish_reason"] in ("eos", "stop", "length")
@@ -317,7 +320,8 @@ def test_generate_cli_end_to_end(tmp_path, tiny_tokenizer):
     surrogate.write_text('{"prompt": "a\\ud800"}\n')
     for args, needle in ((["--prompts-file", str(latin1)], "latin1.jsonl, line 2: not UTF-8 text"),
                          (["--prompts-file", str(surrogate)], "prompt 0 is not valid Unicode"),
-                         (["--prompt", "hi", "--temperature", "nan"], "finite number >= 0")):
+                         (["--prompt", "hi", "--temperature", "nan"], "finite number >= 0"),
+                         (["--prompt", "hi", "--seed", "-1"], "--seed: must be a non-negative")):
         res = run_cli("generate", "--checkpoint", str(run), *args)
         assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, \
             res.stderr[-2000:]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mindxh.cli.recipe_cmd import seed_int
+
 TASKS = ("arith", "code", "gsm8k", "humaneval")
 
 
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--batch-size", type=int, default=64)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=seed_int, default=0)
     parser.set_defaults(func=lambda args: run(args, parser))
 
 

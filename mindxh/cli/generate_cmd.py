@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from mindxh.cli.recipe_cmd import seed_int
 from mindxh.errors import MindxhError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     parser.add_argument("--top-k", type=int, default=0, help="0 is off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 is off")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--batch-size", type=int, default=32, help="rows decoded together")
     parser.add_argument("--json", action="store_true", help="one JSON object per completion")
     parser.add_argument("--pynative", action="store_true", help="PyNative mode (debugging; ~6x slower)")
@@ -53,7 +54,8 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
         except OSError as exc:
             raise PromptError(f"--prompts-file {args.prompts_file}: {exc.strerror}") from None
         try:
-            lines = data.decode("utf-8-sig").splitlines()
+            lines = data.decode("utf-8-sig").split("\n")  # not splitlines(): JSON strings may
+            # hold U+2028/U+2029/U+0085 unescaped, which it takes for line ends
         except UnicodeDecodeError as exc:
             line = data[:exc.start].count(b"\n") + 1
             raise PromptError(f"{args.prompts_file}, line {line}: not UTF-8 text") from None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mindxh.cli.recipe_cmd import add_set_option
+from mindxh.cli.recipe_cmd import add_set_option, seed_int
 from mindxh.config import load_recipe
 from mindxh.config.post_training import STAGES
 
@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("pipeline", help="run every stage of a recipe (the tiny X1 pipeline)")
     parser.add_argument("recipe", help="path to a pipeline recipe, e.g. recipes/tiny/x1.yaml")
     parser.add_argument("--output-dir", help="where every stage writes (default: recipe output_dir)")
-    parser.add_argument("--seed", type=int, help="shorthand for --set seed=N")
+    parser.add_argument("--seed", type=seed_int, help="shorthand for --set seed=N")
     parser.add_argument("--restart-from", choices=STAGES,
                         help="redo this stage and every stage that reads its results, from scratch")
     add_set_option(parser)

@@ -11,15 +11,22 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe key, e.g. --set model.hidden_size=256 (repeatable)")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: `--max-steps 0` is refused as itself, not as the --set it becomes."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    return parse
+
+
+# argparse types: an option is refused as itself, before anything loads (`--max-steps 0` is
+# not reported as the --set it becomes, nor `--seed -1` by NumPy after the model compiled)
+positive_int = _int_at_least(1, "a positive integer")
+seed_int = _int_at_least(0, "a non-negative integer")
 
 
 def add_max_steps_option(parser: argparse.ArgumentParser) -> None:

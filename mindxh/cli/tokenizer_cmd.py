@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindxh.cli.recipe_cmd import seed_int
 from mindxh.data.synthetic import LEVELS, sample_texts
 from mindxh.tokenizer.spm import Tokenizer, TokenizerError, train, train_from_texts
 
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     tr.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
     tr.add_argument("--character-coverage", type=float, default=1.0)
-    tr.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    tr.add_argument("--seed", type=seed_int, default=0, help="synthetic data seed")
     tr.add_argument(
         "--levels", type=_levels, default=(1, 2, 3), help="synthetic levels, e.g. 1,2,3"
     )

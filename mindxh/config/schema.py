@@ -310,6 +310,9 @@ class MetricsConfig:
         return precision.compute_dtype if self.dtype is None else self.dtype
 
 
+MAX_SEED = 2**31 - 1  # a run's streams are seed + offsets below 2**31: all fit in 32 bits
+
+
 @dataclass
 class Recipe:
     """One run, end to end. Sections are typed; see README's recipe reference."""
@@ -335,6 +338,8 @@ class Recipe:
     def cross_checks(self) -> None:
         """Checks that span sections; keys are full dotted paths."""
         m, t = self.model, self.train
+        _require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (MindSpore's "
+                 "and NumPy's seeds are 32-bit, and the task streams add offsets to it)")
         _require(t.seq_len <= m.max_seq_len, "train.seq_len",
                  f"seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
         self._check_peak_device()

@@ -159,6 +159,8 @@ def _check_options(args: EvalOptions) -> None:
     """What can be refused before the model is loaded and generates."""
     if args.task not in TASKS:
         raise EvalError(f"unknown task {args.task!r}; one of {', '.join(TASKS)}")
+    if args.seed < 0:
+        raise EvalError(f"--seed must be >= 0, got {args.seed}")
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be >= 1 (the first N problems), got {args.limit}")
     if args.out is not None:

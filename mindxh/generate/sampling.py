@@ -41,6 +41,8 @@ class SamplingConfig:
             raise SamplingError(f"top_k must be >= 0 (0 is off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise SamplingError(f"top_p must be in (0, 1] (1.0 is off), got {self.top_p}")
+        if self.seed < 0:
+            raise SamplingError(f"seed must be >= 0, got {self.seed}")
 
     @property
     def greedy(self) -> bool:

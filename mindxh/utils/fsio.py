@@ -69,8 +69,8 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Any]) -> Path:
 def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     """Every non-blank line of a JSON-lines file we wrote ourselves (no per-line validation:
     for user input, see `mindxh.utils.records.read_records`)."""
-    text = Path(path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    text = Path(path).read_text(encoding="utf-8")  # split at \n only: write_jsonl keeps U+2028,
+    return [json.loads(line) for line in text.split("\n") if line.strip()]  # U+0085 unescaped
 
 
 def pid_alive(pid: int) -> bool:
