@@ -233,25 +233,13 @@ def test_readme_documents_every_recipe_key():
     assert not missing, f"README recipe reference lacks: {missing}"
 
 
-def _commands(parser, path=()):
-    """(subcommand words, its parser) for every command `mindxh` runs."""
-    import argparse
-
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs:
-        yield path, parser
-        return
-    for name, sub in subs[0].choices.items():
-        yield from _commands(sub, path + (name,))
-
-
 def test_readme_documents_every_command_and_option():
     """Each command has a row in the README's command table, and each of its options is in
     that row or in the doc the row links to."""
     import argparse
     import re
 
-    from mindxh.cli.main import build_parser
+    from mindxh.cli.main import build_parser, leaf_parsers
 
     readme = (REPO / "README.md").read_text()
     table = readme.split("\n## Commands\n", 1)[1].split("\n## ", 1)[0]
@@ -259,8 +247,8 @@ def test_readme_documents_every_command_and_option():
     top = build_parser()
     shared = {o for a in top._actions for o in a.option_strings}  # every command's: said once
     missing = [f"mindxh {o}" for o in shared - {"-h", "--help"} if f"`{o}`" not in table]
-    for path, parser in _commands(top):
-        command = "mindxh " + " ".join(path)
+    for parser in leaf_parsers(top):
+        command = parser.prog
         text = " ".join(r for r in rows if f"`{command}" in r)
         if not text:
             missing.append(command)

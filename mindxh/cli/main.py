@@ -100,20 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cmd.register(sub)
     export_cmd.register(sub)
     bench_cmd.register(sub)
-    for command in _commands(parser):  # `mindxh train R -v` as well as `mindxh -v train R`
+    for command in leaf_parsers(parser):  # `mindxh train R -v` as well as `mindxh -v train R`
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="debug logging, and MindSpore's own warnings")
     return parser
 
 
-def _commands(parser: argparse.ArgumentParser):
+def leaf_parsers(parser: argparse.ArgumentParser):
     """Every parser that runs a command (the leaves of the sub-command tree)."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         yield parser
     for sub in subs:
         for child in sub.choices.values():
-            yield from _commands(child)
+            yield from leaf_parsers(child)
 
 
 def main(argv: list[str] | None = None) -> int:

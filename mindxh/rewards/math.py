@@ -66,8 +66,8 @@ def _bracketed_list(s: str) -> bool:
 
 
 # What a model may write for ASCII digits and minus: the Unicode minus (U+2212), the small and
-# full-width hyphen-minus, the en dash (a sign only where `_NUM` takes one), full-width digits
-# digits, and the vulgar fractions (`2½` is the mixed number 2 1/2; `⁄` is a fraction slash)
+# full-width hyphen-minus, the en dash (a sign only where `_NUM` takes one), full-width digits,
+# and the vulgar fractions (`2½` is the mixed number 2 1/2; `⁄` is a fraction slash)
 _ASCII = str.maketrans({"\u2212": "-", "\ufe63": "-", "\uff0d": "-", "\u2013": "-", "\u2044": "/",
                         **{chr(0xFF10 + d): str(d) for d in range(10)},
                         **{c: " {0.numerator}/{0.denominator}".format(
