@@ -167,6 +167,9 @@ def test_mixture_streams_interleave_and_resume():
     resumed = RLStream(["math", "code"], 0, 2, 5)
     resumed.load_state(state)
     assert [p.question for p in resumed.take()] == [p.question for p in second]
+    assert [p.task for p in second] == ["code", "math", "code", "math", "code"]  # turns rotate
+    one = RLStream(["math", "code"], 0, 2, 1)  # fewer prompts a step than tasks: alternate
+    assert [one.take()[0].task for _ in range(4)] == ["math", "code", "math", "code"]
     single = RLStream(["math"], 0, 2, 4)
     single.load_state(8)  # a checkpoint of a math-only run written before mixtures existed
     assert [p.question for p in single.take()] == [p.question for p in

@@ -203,6 +203,7 @@ def test_cli_recipe_show_prints_resolved_recipe():
     (("train", "RECIPE", "--set", "train.batch_size=x"), "train.batch_size"),
     (("train", "RECIPE", "--set", "seed=-1"), "seed (--set seed=-1): must be in [0, 2147483647]"),
     (("train", "RECIPE", "--set", "seed=4294967296"), "must be in [0, 2147483647]"),
+    (("train", "RECIPE", "--set", "grpo.checkpoint_every=0"), "grpo.checkpoint_every"),
 ])
 def test_cli_recipe_errors_are_one_line_no_traceback(args, needle, tmp_path):
     args = tuple(str(TINY) if a == "RECIPE" else a for a in args)

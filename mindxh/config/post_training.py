@@ -70,8 +70,10 @@ class GRPOConfig:
 
     def check(self) -> None:
         for key in ("steps", "prompts_per_step", "max_new_tokens", "epochs_per_batch",
-                    "eval_problems"):
+                    "eval_problems", "checkpoint_every"):
             _require(getattr(self, key) > 0, key, "must be > 0")
+        _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0: at the end only)")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _require(self.group_size >= 2, "group_size", "must be >= 2 (advantages compare a group)")
         _require(self.temperature > 0, "temperature", "must be > 0 (sampling, not greedy)")
         # the loss must score the distribution the responses were sampled from; a top-p

@@ -57,21 +57,25 @@ def prompt_ids(tok: Tokenizer, problem) -> list[int]:
 
 
 class RLStream:
-    """GRPO's problems: `per_step` a step, shared round-robin between the tasks, each task
+    """GRPO's problems: `per_step` a step, dealt round-robin between the tasks over the whole
+    run (the n-th problem drawn is task n mod len(tasks)'s, so a step of 5 gives 3+2, the next
+    2+3, and one task of two is never left out when `per_step` < len(tasks)), each task
     continuing its own answers-only stream from its cursor."""
 
     def __init__(self, tasks: Sequence[str], seed: int, level: int, per_step: int):
         self.tasks, self.seed, self.level = check_tasks(tasks), seed, level
-        self.shares = _shares(per_step, len(self.tasks))
+        self.per_step = per_step
         self.cursors = {t: 0 for t in self.tasks}
 
     def take(self) -> list:
-        parts = []
-        for t, m in zip(self.tasks, self.shares):
-            problems, self.cursors[t] = TASKS[t].rl_problems(self.seed, self.level,
-                                                             self.cursors[t], m)
-            parts.append(problems)
-        return _round_robin(parts)
+        drawn = sum(self.cursors.values())  # problems dealt so far: whose turn it is
+        order = [self.tasks[(drawn + j) % len(self.tasks)] for j in range(self.per_step)]
+        parts = {}
+        for t in self.tasks:
+            parts[t], self.cursors[t] = TASKS[t].rl_problems(self.seed, self.level,
+                                                             self.cursors[t], order.count(t))
+            parts[t] = iter(parts[t])
+        return [next(parts[t]) for t in order]
 
     def state(self) -> dict:
         return dict(self.cursors)
