@@ -112,6 +112,31 @@ def test_the_shuffled_control_gets_its_row_and_models_default_to_the_files_there
     assert "| control: shuffled rewards | 25 |" in md
 
 
+def test_a_grpo_folder_of_a_stage_left_out_is_not_reported_and_counts_span_the_tasks(run_dir):
+    """A pipeline without `grpo` may find an earlier run's grpo/ folder (trained from another
+    SFT checkpoint): not this run's. With two tasks the test set is problems x 2."""
+    import dataclasses
+
+    from mindxh.config import Recipe
+    from mindxh.config.post_training import PipelineConfig
+    from mindxh.pipeline import report
+    from mindxh.pipeline.context import Context
+    from mindxh.pipeline.results import EvalResult
+
+    recipe = dataclasses.replace(Recipe(), pipeline=PipelineConfig(
+        stages=["tokenizer", "pretrain", "sft", "eval"]))
+    ctx = Context(recipe, run_dir, {"eval": EvalResult(problems=8, accuracy={"sft": 0.25})})
+    assert report.build(ctx)["sample_accuracy"] == {}
+    assert report.grpo_runs(["sft", "grpo"]) == {"grpo": "grpo"}
+    ev = EvalResult(problems=4, accuracy={"sft": 0.25, "grpo": 0.75}, tasks=["math", "code"],
+                    correct={"sft": "10000000", "grpo": "11101110"})
+    ctx = Context(Recipe(), run_dir, {"eval": ev})
+    data = report.build(ctx)
+    md = report.markdown(ctx, data)
+    assert data["eval_total"] == 8 and "of 8 |" in md and "of 4 |" not in md
+    assert "paired over the 8 test problems" in md
+
+
 def test_a_run_without_those_files_has_no_such_tables(tmp_path, run_dir):
     from mindxh.pipeline import report
 
@@ -135,22 +160,26 @@ def test_the_runner_writes_both_into_report_json_and_md(tmp_path, monkeypatch, r
 
     from mindxh.config import Recipe
     from mindxh.pipeline import runner
-    from mindxh.pipeline.results import EvalResult
+    from mindxh.pipeline.results import EvalResult, PolicyResult
 
     out = tmp_path / "piped"
     result = EvalResult(problems=8, accuracy={"sft": 0.25, "grpo": 0.75},
                         correct={"sft": "11000000", "grpo": "11111100"})
 
-    def fake_eval(ctx):  # writes what the eval stage (and, here, GRPO) would leave
-        for folder in ("eval", "grpo"):
-            shutil.copytree(run_dir / folder, ctx.out / folder, dirs_exist_ok=True)
+    def fake_grpo(ctx):  # writes what GRPO would leave
+        shutil.copytree(run_dir / "grpo", ctx.out / "grpo", dirs_exist_ok=True)
+        return PolicyResult(checkpoint=str(ctx.out / "grpo"), steps=25, val_accuracy=None,
+                            train_s=1.0, metrics=str(ctx.out / "grpo" / "metrics.jsonl"))
+
+    def fake_eval(ctx):  # writes what the eval stage would leave
+        shutil.copytree(run_dir / "eval", ctx.out / "eval", dirs_exist_ok=True)
         return result
 
-    monkeypatch.setattr(runner, "STAGE_FUNCTIONS", {"eval": fake_eval})
-    # the eval stage alone, fed by hand: the real runner refuses it without sft and tokenizer
+    monkeypatch.setattr(runner, "STAGE_FUNCTIONS", {"grpo": fake_grpo, "eval": fake_eval})
+    # these stages alone, fed by hand: the real runner refuses them without sft and tokenizer
     monkeypatch.setattr(runner, "_check_prerequisites", lambda ctx, order: None)
     recipe = Recipe(output_dir=str(out))
-    recipe.pipeline.stages = ["eval"]
+    recipe.pipeline.stages = ["grpo", "eval"]
     runner.run_pipeline(recipe)
     saved = json.loads((out / "report.json").read_text())
     assert saved["first_errors"]["grpo"]["arith"] == 2

@@ -59,7 +59,8 @@ def _intervals(correct: dict[str, str]) -> tuple[dict, dict]:
 
 
 # GRPO runs whose metrics.jsonl has a per-step sample accuracy: eval model name -> folder
-GRPO_RUNS = {"grpo": "grpo", "control_shuffled_rewards": "control_shuffled"}
+GRPO_RUNS = {"grpo": "grpo", "control_shuffled_rewards": "control_shuffled"}  # name -> folder
+_RUN_STAGE = {"grpo": "grpo", "control_shuffled_rewards": "controls"}  # the stage that writes it
 SAMPLE_WINDOW = 10  # steps averaged at the start and at the end of a GRPO run
 
 
@@ -103,12 +104,19 @@ def _mean(xs: list[float]) -> float:
     return round(sum(xs) / len(xs), 4)
 
 
-def sample_accuracy(out: Path, greedy: dict[str, float] | None = None) -> dict[str, dict]:
+def grpo_runs(stages) -> dict[str, str]:
+    """The GRPO runs (name -> folder) of a pipeline with `stages`: a folder of a stage left
+    out is an earlier run's, trained from another SFT checkpoint, and not reported."""
+    return {name: folder for name, folder in GRPO_RUNS.items() if _RUN_STAGE[name] in stages}
+
+
+def sample_accuracy(out: Path, greedy: dict[str, float] | None = None,
+                    stages=tuple(_RUN_STAGE.values())) -> dict[str, dict]:
     """GRPO run -> {steps, first10, last10, greedy_test}: its temperature-1 accuracy on each
     step's fresh training problems, averaged over the first and the last SAMPLE_WINDOW steps,
     beside the model's greedy test accuracy (`greedy`, None if not evaluated)."""
     data = {}
-    for name, folder in GRPO_RUNS.items():
+    for name, folder in grpo_runs(stages).items():
         steps = _steps(out / folder / "metrics.jsonl")
         if steps:
             acc = [float(r["accuracy"]) for r in steps]
@@ -156,7 +164,8 @@ def build(ctx: Context) -> dict:
         "sft_accuracy": sft,
         "grpo_accuracy": grpo,
         "gain_points": None if sft is None or grpo is None else round(100 * (grpo - sft), 2),
-        "eval_problems": ev.problems if ev is not None else None,
+        "eval_problems": ev.problems if ev is not None else None,  # per task
+        "eval_total": ev.problems * len(ev.tasks) if ev is not None else None,
         "controls": {k[len("control_"):]: v for k, v in acc.items() if k.startswith("control_")},
         "sft_ci95": acc_ci.get("sft"),
         "grpo_ci95": acc_ci.get("grpo"),
@@ -176,7 +185,7 @@ def build(ctx: Context) -> dict:
         "tasks": ev.tasks if ev is not None else list(ctx.recipe.data.tasks),
         "by_task": _by_task(ev) if ev is not None and len(ev.tasks) > 1 else {},
         "first_errors": first_errors(ctx.out, list(acc) if ev is not None else None),
-        "sample_accuracy": sample_accuracy(ctx.out, acc),
+        "sample_accuracy": sample_accuracy(ctx.out, acc, ctx.recipe.pipeline.stages),
     }
 
 
@@ -266,7 +275,7 @@ def markdown(ctx: Context, data: dict) -> str:
     if data["gain_points"] is not None:
         ci = data.get("gain_ci95")
         within = "" if not ci else (f" (95% CI {ci[0]:+.1f} to {ci[1]:+.1f}, paired over the "
-                                    f"{data['eval_problems']} test problems)")
+                                    f"{data.get('eval_total') or data['eval_problems']} test problems)")
         lines += ["", f"GRPO gain over its SFT start: **{data['gain_points']:+.1f} points**{within}.",
                   "", data.get("ci_method", CI_METHOD) + "."]
     if data.get("sft"):
@@ -277,7 +286,8 @@ def markdown(ctx: Context, data: dict) -> str:
                   f"sft.max_steps={r.sft.max_steps}). Validation curve: {curve}."]
     lines += _by_task_lines(data)
     lines += _sample_accuracy_lines(data.get("sample_accuracy") or {})
-    lines += _first_error_lines(data.get("first_errors") or {}, data.get("eval_problems"))
+    lines += _first_error_lines(data.get("first_errors") or {},
+                                data.get("eval_total") or data.get("eval_problems"))
     lines += ["", "| stage | wall time (s) |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in data["stage_wall_s"].items()]
     lines += [f"| total | {data['total_wall_s']} |", "", "![GRPO reward and accuracy](grpo.png)", ""]
@@ -300,8 +310,9 @@ def plot(ctx: Context, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {"GRPO": ctx.out / "grpo" / "metrics.jsonl",
-            "shuffled rewards": ctx.out / "control_shuffled" / "metrics.jsonl"}
+    labels = {"grpo": "GRPO", "control_shuffled_rewards": "shuffled rewards"}
+    runs = {labels[name]: ctx.out / folder / "metrics.jsonl"
+            for name, folder in grpo_runs(ctx.recipe.pipeline.stages).items()}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for label, file in runs.items():
         rows = _series(file)
