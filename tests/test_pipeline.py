@@ -240,7 +240,7 @@ def test_a_mixed_math_and_code_pipeline_routes_every_reward_by_task(tmp_path):
 
 def test_a_pipeline_without_pretraining_starts_sft_from_initialised_weights(tmp_path):
     """The no-pretraining ablation: pipeline.stages without pretrain runs, SFT has no
-    init_from, and the report has both accuracies."""
+    init_from, and the report has both accuracies; with train.init_from, SFT starts there."""
     out = tmp_path / "run"
     sets = [s for s in TOY if not s.startswith("pipeline.control")] + [
         "pipeline.stages=[tokenizer,sft,grpo,eval]", "grpo.steps=1"]
@@ -254,3 +254,13 @@ def test_a_pipeline_without_pretraining_starts_sft_from_initialised_weights(tmp_
     report = json.loads((out / "report.json").read_text())
     assert set(report["stage_wall_s"]) == {"tokenizer", "sft", "grpo", "eval"}
     assert 0.0 <= report["sft_accuracy"] <= 1.0 and 0.0 <= report["grpo_accuracy"] <= 1.0
+    # without pretrain, train.init_from is SFT's starting point (a converted or earlier model)
+    again = tmp_path / "from-init"
+    sets = [s for s in sets if not s.startswith("pipeline.stages")] + [
+        "pipeline.stages=[tokenizer,sft]", f"train.init_from={out / 'sft'}"]
+    proc = run_cli("pipeline", str(REPO / "recipes/tiny/x1.yaml"), "--output-dir", str(again),
+                   *_sets(sets), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"starting from train.init_from={out / 'sft'}" in proc.stderr
+    assert yaml.safe_load((again / "sft" / "recipe.yaml").read_text())["train"]["init_from"] == \
+        str(out / "sft")

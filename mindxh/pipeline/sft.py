@@ -99,10 +99,18 @@ def run_sft(ctx: Context) -> SFTResult:
     s = ctx.recipe.sft
     out = ctx.stage_dir("sft")
     data = _prepare_cold_start(ctx, out)
-    pretrained = ctx.optional("pretrain", PretrainResult)  # None: SFT from fresh weights
-    if pretrained is None:
-        log.info("SFT: no pretrain stage in pipeline.stages; starting from initialised weights")
-    init = None if pretrained is None else Path(pretrained.checkpoint)
+    pretrained = ctx.optional("pretrain", PretrainResult)
+    init_from = ctx.recipe.train.init_from  # without a pretrain stage: SFT's own starting point
+    if pretrained is not None:
+        init = Path(pretrained.checkpoint)
+    elif init_from:
+        init = Path(init_from)
+        log.info("SFT: no pretrain stage in pipeline.stages; starting from train.init_from=%s",
+                 init_from)
+    else:
+        init = None
+        log.info("SFT: no pretrain stage in pipeline.stages and no train.init_from; starting "
+                 "from initialised weights")
     recipe = derive_sft_recipe(model_recipe_of(ctx), data, init, out, s.max_steps)
     judge = _Judge(ctx, out, Evaluator(ctx))  # built before training in every run: see above
     judge.catch_up(out)
