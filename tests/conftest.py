@@ -100,3 +100,26 @@ def randomise_expert_bias(model, rng, scale: float = 0.05) -> None:
     for p in model.get_parameters():
         if p.name.endswith("expert_bias"):
             p.set_data(ms.Tensor(rng.normal(0, scale, p.shape).astype(np.float32)))
+
+
+@pytest.fixture(scope="session")
+def json_tok_path(tmp_path_factory) -> Path:
+    """A tiny byte-level BPE tokenizer.json; its BOS/EOS have names no guess would find, so they
+    come from the tokenizer_config.json beside it (in the workers too)."""
+    import json
+
+    import tokenizers as hf
+
+    from mindxh.data.synthetic import sample_texts
+
+    tok = hf.Tokenizer(hf.models.BPE())
+    tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = hf.decoders.ByteLevel()
+    trainer = hf.trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<|go|>", "<|stop|>"],
+                                     initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(sample_texts(0, "train", [1, 2, 3], 200), trainer)
+    folder = tmp_path_factory.mktemp("hf")
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|go|>", "eos_token": {"content": "<|stop|>"}, "pad_token": "<pad>"}))
+    return folder / "tokenizer.json"

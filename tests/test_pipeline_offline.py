@@ -3,6 +3,7 @@ intervals, re-runs decided by recorded inputs (kept, refused or redone), the hel
 and the multi-seed study table. Fast: every stage here is a stand-in."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -488,3 +489,41 @@ def test_sft_without_pretraining_reads_the_model_sections_and_the_tokenizer_itse
     wider = Recipe()
     wider.model.hidden_size *= 2
     assert fingerprint(stage_inputs(wider, ["tokenizer", "sft"])["sft"]) != fingerprint(alone)
+
+
+def test_a_given_tokenizer_is_copied_into_the_run(tmp_path, tiny_tokenizer, json_tok_path):
+    """tokenizer.path (a SentencePiece model, or a tokenizer.json with its config): the
+    tokenizer stage copies it where every later stage reads it (before, the stages looked for
+    OUT/tokenizer.model, which a given tokenizer never wrote)."""
+    from mindxh.config import Recipe
+    from mindxh.pipeline.context import Context
+    from mindxh.pipeline.stages import run_tokenizer
+    from mindxh.tokenizer import Tokenizer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for source, name in ((tiny_tokenizer, "tokenizer.model"), (json_tok_path, "tokenizer.json"),
+                         (tiny_tokenizer, "tokenizer.model")):  # and back: no stale JSON left
+        recipe = Recipe()
+        recipe.tokenizer.path = str(source)
+        ctx = Context(recipe, out)
+        result = run_tokenizer(ctx)
+        assert ctx.tokenizer_path == out / name and result.path == str(out / name)
+        assert (out / name).read_bytes() == Path(source).read_bytes()
+        assert result.sha256 == Tokenizer.load(source).sha256 == Tokenizer.load(out / name).sha256
+    assert not (out / "tokenizer.json").exists() and not (out / "tokenizer_config.json").exists()
+
+
+def test_a_tokenizer_left_out_of_the_stages_is_an_input_by_its_file():
+    """Stages run without the tokenizer stage read OUT's tokenizer file: retraining it in
+    another invocation must make them stale (its sha256 stands in for the stage)."""
+    from mindxh.config import Recipe
+    from mindxh.pipeline.inputs import fingerprint, stage_inputs
+
+    order = ["pretrain", "sft"]
+    a = stage_inputs(Recipe(), order, {"tokenizer": "aaa"})
+    b = stage_inputs(Recipe(), order, {"tokenizer": "bbb"})
+    assert a["pretrain"]["stage tokenizer"] == "aaa"
+    assert fingerprint(a["pretrain"]) != fingerprint(b["pretrain"])
+    assert fingerprint(a["sft"]) != fingerprint(b["sft"])  # through pretrain's fingerprint
+    assert stage_inputs(Recipe(), order)["pretrain"]["stage tokenizer"] is None

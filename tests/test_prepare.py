@@ -369,24 +369,6 @@ def test_bulk_packer_equals_packer():
 
 # -- a Hugging Face tokenizer.json (what Tokenizer.load, and so `mindxh train`, accepts) ----------
 
-@pytest.fixture(scope="module")
-def json_tok_path(tmp_path_factory) -> Path:
-    """A tiny byte-level BPE tokenizer.json; its BOS/EOS have names no guess would find, so they
-    come from the tokenizer_config.json beside it (in the workers too)."""
-    hf = pytest.importorskip("tokenizers")
-    tok = hf.Tokenizer(hf.models.BPE())
-    tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = hf.decoders.ByteLevel()
-    trainer = hf.trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<|go|>", "<|stop|>"],
-                                     initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(sample_texts(0, "train", [1, 2, 3], 200), trainer)
-    folder = tmp_path_factory.mktemp("hf")
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|go|>", "eos_token": {"content": "<|stop|>"}, "pad_token": "<pad>"}))
-    return folder / "tokenizer.json"
-
-
 def split_on(ids: np.ndarray, sep: int) -> list[np.ndarray]:
     """`ids` cut after every `sep` (dropped); what follows the last one is dropped too."""
     ends = np.flatnonzero(ids == sep)

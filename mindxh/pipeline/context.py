@@ -39,7 +39,9 @@ class Context:
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.out / "tokenizer.model"
+        """The run's tokenizer: a SentencePiece model, or a copied tokenizer.json."""
+        json_file = self.out / "tokenizer.json"
+        return json_file if json_file.is_file() else self.out / "tokenizer.model"
 
     def result_file(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage}.json"

@@ -53,7 +53,7 @@ STANDS_IN: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
 
 # stage -> what it writes under the output directory (besides OUT/stages/<stage>*.json)
 OUTPUTS: dict[str, tuple[str, ...]] = {
-    "tokenizer": ("tokenizer.model", "tokenizer.vocab"),
+    "tokenizer": ("tokenizer.model", "tokenizer.vocab", "tokenizer.json", "tokenizer_config.json"),
     "pretrain": ("pretrain",),
     "sft": ("sft",),
     "grpo": ("grpo",),
@@ -104,14 +104,18 @@ def fingerprint(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def stage_inputs(recipe: Recipe, order: list[str]) -> dict[str, dict[str, Any]]:
-    """stage -> its inputs, for the stages in `order` (upstream ones not run count as None)."""
+def stage_inputs(recipe: Recipe, order: list[str],
+                 outside: dict[str, str | None] | None = None) -> dict[str, dict[str, Any]]:
+    """stage -> its inputs, for the stages in `order`. An upstream stage not in `order` counts
+    as its entry in `outside` (the tokenizer file's sha256: a tokenizer retrained by another
+    invocation must make what read it stale), else None."""
     found: dict[str, dict[str, Any]] = {}
 
     def read(keys: tuple[str, ...], upstream: tuple[str, ...], values: dict[str, Any]) -> None:
         values.update(_recipe_values(recipe, keys))
         for up in upstream:
-            values[f"stage {up}"] = fingerprint(found[up]) if up in found else None
+            values[f"stage {up}"] = fingerprint(found[up]) if up in found else \
+                (outside or {}).get(up)
 
     for stage in order:
         values: dict[str, Any] = {}

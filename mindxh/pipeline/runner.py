@@ -40,7 +40,7 @@ from mindxh.pipeline.inputs import (
     stage_inputs,
 )
 from mindxh.pipeline.stages import STAGE_FUNCTIONS
-from mindxh.utils.fsio import atomic_write, atomic_write_json
+from mindxh.utils.fsio import atomic_write, atomic_write_json, file_sha256
 
 __all__ = ["run_pipeline"]
 
@@ -127,7 +127,9 @@ def run_pipeline(recipe: Recipe, restart_from: str | None = None) -> dict:
     if restart_from is not None and restart_from not in order:
         raise PipelineError(f"--restart-from {restart_from}: not one of this recipe's stages {order}")
     _check_prerequisites(ctx, order)
-    current = stage_inputs(recipe, order)
+    outside = {} if "tokenizer" in order or not ctx.tokenizer_path.is_file() else \
+        {"tokenizer": file_sha256(ctx.tokenizer_path)}
+    current = stage_inputs(recipe, order, outside)
     redo = dependents(restart_from, order) if restart_from is not None else []
     _check_kept(ctx, order, current, redo, restart_from)
     _record_recipe(recipe, out)

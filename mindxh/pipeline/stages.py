@@ -48,7 +48,9 @@ from mindxh.pipeline.results import (
 )
 from mindxh.pipeline.sft import run_sft
 from mindxh.rl.grpo import GRPOTrainer
+from mindxh.tokenizer import Tokenizer
 from mindxh.train.trainer import Trainer, TrainResult, prepare_tokenizer
+from mindxh.utils.fsio import atomic_write
 
 __all__ = ["STAGE_FUNCTIONS", "Evaluator", "grpo_validation_set", "sft_validation_set", "test_set"]
 
@@ -61,8 +63,26 @@ def _train(recipe: Recipe, out: Path) -> TrainResult:
 
 # -- stages ------------------------------------------------------------------
 def run_tokenizer(ctx: Context) -> TokenizerResult:
-    tok = prepare_tokenizer(ctx.recipe, ctx.out)  # trains OUT/tokenizer.model on data.levels
+    if ctx.recipe.tokenizer.path is None:
+        tok = prepare_tokenizer(ctx.recipe, ctx.out)  # trains OUT/tokenizer.model on data.levels
+    else:  # a given one (e.g. a converted model's, for train.init_from): the run keeps a copy
+        tok = copy_tokenizer(Path(ctx.recipe.tokenizer.path), ctx.out)
     return TokenizerResult(path=str(ctx.tokenizer_path), vocab_size=tok.vocab_size, sha256=tok.sha256)
+
+
+def copy_tokenizer(source: Path, out: Path) -> Tokenizer:
+    """`source` (a SentencePiece .model, or a tokenizer.json with the tokenizer_config.json
+    beside it) copied into `out` under the names the stages read."""
+    tok = Tokenizer.load(source)  # a missing or unreadable file is an error before any copy
+    names = ({"tokenizer.json": source, "tokenizer_config.json": source.with_name(
+        "tokenizer_config.json")} if source.suffix == ".json" else {"tokenizer.model": source})
+    for stale in ("tokenizer.model", "tokenizer.vocab", "tokenizer.json", "tokenizer_config.json"):
+        if stale not in names:
+            (out / stale).unlink(missing_ok=True)
+    for name, src in names.items():
+        if src.is_file():
+            atomic_write(out / name, src.read_bytes())
+    return tok
 
 
 def run_pretrain(ctx: Context) -> PretrainResult:
