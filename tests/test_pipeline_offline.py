@@ -196,6 +196,12 @@ def test_the_runner_builds_the_report_from_typed_results_and_reloads_them(tmp_pa
     assert runner.run_pipeline(recipe) == first and calls == []
     runner.run_pipeline(recipe, restart_from="eval")
     assert calls == ["eval"]  # export reads the policy, not the evaluation: kept
+    # a restart that fails leaves no report of the stages it removed
+    failing = dict(runner.STAGE_FUNCTIONS, eval=lambda ctx: 1 / 0)
+    monkeypatch.setattr(runner, "STAGE_FUNCTIONS", failing)
+    with pytest.raises(ZeroDivisionError):
+        runner.run_pipeline(recipe, restart_from="eval")
+    assert not any((tmp_path / "run" / name).exists() for name in runner.REPORT_FILES)
 
 
 @pytest.mark.parametrize("stages, needle", [

@@ -81,6 +81,9 @@ def _check_kept(ctx: Context, order: list[str], current: dict[str, dict], redo: 
               f"(redoes {again} from scratch), or use another output_dir")
 
 
+REPORT_FILES = ("report.json", "report.md", "grpo.png")  # written after the last stage
+
+
 def _clear(ctx: Context, redo: list[str], restart_from: str) -> None:
     """Forget the stages to redo: result and marker files first, then their outputs."""
     for stage in redo:
@@ -90,6 +93,8 @@ def _clear(ctx: Context, redo: list[str], restart_from: str) -> None:
         removed = clear_outputs(ctx.out, stage)
         log.info("stage %s: will be redone from scratch (--restart-from %s)%s", stage, restart_from,
                  f"; removed {', '.join(str(p) for p in removed)}" if removed else "")
+    for name in REPORT_FILES:  # they describe what was just removed; the run writes them anew
+        (ctx.out / name).unlink(missing_ok=True)
 
 
 def _record_recipe(recipe: Recipe, out: Path) -> None:
@@ -159,5 +164,5 @@ def run_pipeline(recipe: Recipe, restart_from: str | None = None) -> dict:
     data = report.build(ctx)
     atomic_write_json(out / "report.json", data, sort_keys=True)
     atomic_write(out / "report.md", report.markdown(ctx, data))
-    report.plot(ctx, out / "grpo.png")
+    report.plot(ctx, out / "grpo.png")  # REPORT_FILES
     return data
