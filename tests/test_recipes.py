@@ -370,3 +370,23 @@ def test_max_steps_option_is_checked_as_itself(tmp_path):
     res = run_cli("train", str(TINY), "--max-steps", "0", "--output-dir", str(tmp_path / "o"))
     assert res.returncode == 2 and "--max-steps: must be a positive integer, got 0" in res.stderr
     assert "--set" not in res.stderr.splitlines()[-1] and not (tmp_path / "o").exists()
+
+
+def test_verbose_goes_before_or_after_the_command_and_hides_mindspore_warnings_otherwise(
+        monkeypatch):
+    import os
+
+    from mindxh.cli.main import build_parser, quiet_mindspore
+
+    parser = build_parser()
+    for argv, verbose in ((["-v", "recipe", "show", "r"], True), (["recipe", "show", "r", "-v"], True),
+                          (["recipe", "show", "r", "--verbose"], True), (["recipe", "show", "r"], False)):
+        assert parser.parse_args(argv).verbose is verbose, argv
+    monkeypatch.setenv("GLOG_v", "unset")  # restored after the test, whatever is set here
+    for verbose, glog in ((False, "3"), (True, None)):
+        monkeypatch.delenv("GLOG_v")
+        quiet_mindspore(verbose)
+        assert os.environ.get("GLOG_v") == glog
+    monkeypatch.setenv("GLOG_v", "1")  # the user's setting stands
+    quiet_mindspore(False)
+    assert os.environ["GLOG_v"] == "1"

@@ -116,10 +116,16 @@ def leaf_parsers(parser: argparse.ArgumentParser):
             yield from leaf_parsers(child)
 
 
+def quiet_mindspore(verbose: bool) -> None:
+    """MindSpore's C++ warnings (glog, read when MindSpore loads) are noise for a user: errors
+    only, unless -v or the user's own GLOG_v says otherwise."""
+    if not verbose:
+        os.environ.setdefault("GLOG_v", "3")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.verbose:  # MindSpore's C++ warnings (glog) are noise for a user; read at import
-        os.environ.setdefault("GLOG_v", "3")
+    quiet_mindspore(args.verbose)
     _setup_logging(args.verbose)
     _interrupt_on_sigterm()
     try:
