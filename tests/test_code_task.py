@@ -168,8 +168,12 @@ def test_mixture_streams_interleave_and_resume():
     resumed.load_state(state)
     assert [p.question for p in resumed.take()] == [p.question for p in second]
     assert [p.task for p in second] == ["code", "math", "code", "math", "code"]  # turns rotate
-    one = RLStream(["math", "code"], 0, 2, 1)  # fewer prompts a step than tasks: alternate
-    assert [one.take()[0].task for _ in range(4)] == ["math", "code", "math", "code"]
+    one = RLStream(["math", "code"], 0, 2, 1)  # fewer prompts a step than tasks: alternate,
+    tasks = [one.take()[0].task for _ in range(40)]  # whatever held-out problems the streams skip
+    assert tasks == ["math", "code"] * 20
+    again = RLStream(["math", "code"], 0, 2, 1)
+    again.load_state(one.state())
+    assert again.take()[0].task == "math" and again.cursors != {"math": 0, "code": 0}
     single = RLStream(["math"], 0, 2, 4)
     single.load_state(8)  # a checkpoint of a math-only run written before mixtures existed
     assert [p.question for p in single.take()] == [p.question for p in

@@ -17,6 +17,18 @@ def tiny_run(tmp_path_factory, tiny_tokenizer):
     return run
 
 
+def test_default_samples_path_is_beside_a_runs_checkpoints_only():
+    from pathlib import Path
+
+    from mindxh.eval.runner import default_samples_path
+
+    assert default_samples_path(Path("/r/checkpoints/step-00000020"), "arith") == \
+        Path("/r/eval/step-00000020-arith.jsonl")
+    # a folder that only happens to sit in one named `checkpoints`: its own
+    assert default_samples_path(Path("/u/checkpoints/tinyllama"), "gsm8k") == \
+        Path("/u/checkpoints/tinyllama/eval_gsm8k.jsonl")
+
+
 def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 

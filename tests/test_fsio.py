@@ -63,6 +63,7 @@ def test_a_name_with_glob_characters_matches_only_its_own_siblings(tmp_path):
 def test_process_liveness():
     assert pid_alive(os.getpid()) and pid_alive(1)
     assert not pid_alive(_dead_pid()) and not pid_alive(0) and not pid_alive(-1)
+    assert not pid_alive(10**20)  # no pid is that large (os.kill raised OverflowError)
 
 
 def test_only_our_own_staging_names_are_touched(tmp_path):

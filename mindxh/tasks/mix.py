@@ -56,6 +56,9 @@ def prompt_ids(tok: Tokenizer, problem) -> list[int]:
     return chat_prompt_ids(tok, problem.prompt())
 
 
+_DEALT = "_dealt"  # RLStream.state(): beside the per-task cursors
+
+
 class RLStream:
     """GRPO's problems: `per_step` a step, dealt round-robin between the tasks over the whole
     run (the n-th problem drawn is task n mod len(tasks)'s, so a step of 5 gives 3+2, the next
@@ -65,11 +68,12 @@ class RLStream:
     def __init__(self, tasks: Sequence[str], seed: int, level: int, per_step: int):
         self.tasks, self.seed, self.level = check_tasks(tasks), seed, level
         self.per_step = per_step
-        self.cursors = {t: 0 for t in self.tasks}
+        self.cursors = {t: 0 for t in self.tasks}  # stream positions (held-out ones skipped)
+        self.dealt = 0  # problems dealt so far: whose turn it is
 
     def take(self) -> list:
-        drawn = sum(self.cursors.values())  # problems dealt so far: whose turn it is
-        order = [self.tasks[(drawn + j) % len(self.tasks)] for j in range(self.per_step)]
+        order = [self.tasks[(self.dealt + j) % len(self.tasks)] for j in range(self.per_step)]
+        self.dealt += self.per_step
         parts = {}
         for t in self.tasks:
             parts[t], self.cursors[t] = TASKS[t].rl_problems(self.seed, self.level,
@@ -78,7 +82,7 @@ class RLStream:
         return [next(parts[t]) for t in order]
 
     def state(self) -> dict:
-        return dict(self.cursors)
+        return {**self.cursors, _DEALT: self.dealt}
 
     def load_state(self, state) -> None:
         """A dict of cursors, or one integer (a single-task checkpoint of an older mindxh)."""
@@ -88,6 +92,7 @@ class RLStream:
                 raise ValueError(f"the checkpoint has no GRPO stream position for {missing}: "
                                  "data.tasks changed since it was written")
             self.cursors = {t: int(state[t]) for t in self.tasks}
+            self.dealt = int(state.get(_DEALT, 0))
         elif len(self.tasks) == 1:
             self.cursors = {self.tasks[0]: int(state)}
         else:

@@ -31,7 +31,8 @@ from mindxh.train.metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "RunDir", "TrainingError", "check_finite", "held_run", "release_lock"]
+__all__ = ["Run", "RunDir", "TrainingError", "check_finite", "held_run", "holds_lock",
+           "release_lock"]
 
 
 class TrainingError(MindxhError, RuntimeError):
@@ -146,6 +147,11 @@ def _lock(out: Path) -> None:
         raise TrainingError(f"{out}: another process is training in this directory (it holds "
                             "its lock); wait for it, or choose another --output-dir") from None
     _LOCKS[key] = fd
+
+
+def holds_lock(out: str | Path) -> bool:
+    """Whether this process holds `out`'s lock (so what is in it is this run's)."""
+    return os.path.realpath(out) in _LOCKS
 
 
 def release_lock(out: str | Path) -> None:

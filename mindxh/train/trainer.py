@@ -32,7 +32,7 @@ from mindxh.train import runtime, warmstart
 from mindxh.train.batches import MODEL_INPUTS, BatchSource, SampleLog, heldout_batches, train_source
 from mindxh.train.metrics import peak_rss_mb
 from mindxh.train.progress import Progress
-from mindxh.train.run import Run, RunDir, TrainingError, release_lock
+from mindxh.train.run import Run, RunDir, TrainingError, holds_lock, release_lock
 from mindxh.utils.flops import is_probed, resolve_peak, revise_cpu_peak
 from mindxh.utils.fsio import atomic_write
 
@@ -301,7 +301,8 @@ class Trainer:
         try:
             return self._run()
         except MindxhError:  # refused before the first step: leave no folder this call made
-            if created is not None and not self._opened and runtime.rank() == 0:
+            # (only once it held the run's lock: a folder another run made meanwhile is theirs)
+            if created is not None and not self._opened and holds_lock(self.out):
                 shutil.rmtree(created, ignore_errors=True)
             raise
         finally:

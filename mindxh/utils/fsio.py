@@ -87,7 +87,7 @@ def pid_alive(pid: int) -> bool:
             return False
         except PermissionError:
             return True
-        except OSError:
+        except (OSError, OverflowError):  # OverflowError: no pid is that large
             return False
         return True
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # the command name may hold ')'
