@@ -71,6 +71,12 @@ class Checkpoint:
     path: Path
 
 
+def step_of_dirname(name: str) -> int | None:
+    """The step of a final checkpoint folder's name (`step-00000020` -> 20), else None."""
+    match = _FINAL_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
 def step_dirname(step: int) -> str:
     """Final directory name for ``step`` (8 digits, zero padded)."""
     return f"step-{step:08d}"
@@ -164,9 +170,9 @@ def _final_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for entry in ckpt_dir.iterdir():
-        match = _FINAL_RE.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
+        step = step_of_dirname(entry.name)
+        if step is not None and entry.is_dir():
+            found.append((step, entry))
     return sorted(found)
 
 
@@ -272,8 +278,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         step, state = int(payload["step"]), payload["state"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"corrupt checkpoint file {state_path}: {exc}") from exc
-    named = _FINAL_RE.match(path.name)
-    if named and int(named.group(1)) != step:  # a resume would rewind over later work
+    named = step_of_dirname(path.name)
+    if named is not None and named != step:  # a resume would rewind over later work
         raise CheckpointError(f"{state_path} says step {step}, but its directory is {path.name}; "
                               "the checkpoint was edited or mixed up")
     if not isinstance(state, dict):

@@ -11,7 +11,7 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -358,6 +358,15 @@ def _show(value: Any) -> str:
     return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
+def key_changes(old: dict[str, Any], new: dict[str, Any],
+                order: Callable[[str], Any] | None = None) -> list[str]:
+    """Each key whose value differs between two flat dicts, as 'key: old -> new' (JSON values,
+    `(absent)` for a missing one), sorted by `order` (default: the key)."""
+    return [f"{k}: {_show(old.get(k, _ABSENT))} -> {_show(new.get(k, _ABSENT))}"
+            for k in sorted(set(old) | set(new), key=order)
+            if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
 def recipe_changes(old_text: str, new_text: str) -> list[str]:
     """What differs between two recipes as `mindxh` writes them (recipe_to_yaml), one
     'section.key: old -> new' each, in key order; [] when only formatting differs."""
@@ -365,5 +374,4 @@ def recipe_changes(old_text: str, new_text: str) -> list[str]:
         old, new = (_flat(yaml.safe_load(t) or {}) for t in (old_text, new_text))
     except yaml.YAMLError:
         return ["(a recipe that is not YAML)"]
-    return [f"{k}: {_show(old.get(k, _ABSENT))} -> {_show(new.get(k, _ABSENT))}"
-            for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    return key_changes(old, new)

@@ -14,12 +14,11 @@ Every sample and its score go to `--out` (JSON lines); the figures are printed.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from mindxh.checkpoint.store import CHECKPOINTS_DIRNAME
+from mindxh.checkpoint.store import CHECKPOINTS_DIRNAME, step_of_dirname
 from mindxh.errors import MindxhError, MissingFileError
 from mindxh.rewards.judge import greedy_records
 from mindxh.tasks import arith, code
@@ -173,14 +172,11 @@ def _check_options(args: EvalOptions) -> None:
             raise EvalError(f"--out {out}: {parent} is a file, not a directory")
 
 
-_STEP_DIR = re.compile(r"step-\d{8,}")  # a run's checkpoint folder (checkpoint.store)
-
-
 def default_samples_path(checkpoint: Path, task: str) -> Path:
     """RUN/eval/STEP-TASK.jsonl for a checkpoint of a run (whose checkpoint folders are pruned
     as training goes on: the samples must not go with them), else CHECKPOINT/eval_TASK.jsonl."""
     checkpoint = checkpoint.absolute()
-    if checkpoint.parent.name == CHECKPOINTS_DIRNAME and _STEP_DIR.fullmatch(checkpoint.name):
+    if checkpoint.parent.name == CHECKPOINTS_DIRNAME and step_of_dirname(checkpoint.name) is not None:
         return checkpoint.parent.parent / "eval" / f"{checkpoint.name}-{task}.jsonl"
     return checkpoint / f"eval_{task}.jsonl"
 

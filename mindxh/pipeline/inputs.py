@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mindxh.config import Recipe
+from mindxh.config.loader import key_changes
 
 __all__ = ["DEPENDS", "OUTPUTS", "changes", "clear_outputs", "dependents", "fingerprint",
            "stage_inputs"]
@@ -140,14 +141,7 @@ def changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[st
     """What differs, one 'key: old -> new' each; recipe keys first, then upstream stages."""
     if recorded is None:
         return ["no inputs recorded (outputs of an older mindxh, or of an interrupted clean-up)"]
-    missing = object()
-    out = []
-    for key in sorted(set(recorded) | set(current), key=lambda k: (k.startswith("stage "), k)):
-        old, new = recorded.get(key, missing), current.get(key, missing)
-        if old != new:
-            show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
-            out.append(f"{key}: {show(old)} -> {show(new)}")
-    return out
+    return key_changes(recorded, current, order=lambda k: (k.startswith("stage "), k))
 
 
 def clear_outputs(out: Path, stage: str) -> list[Path]:

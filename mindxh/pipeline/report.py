@@ -58,9 +58,10 @@ def _intervals(correct: dict[str, str]) -> tuple[dict, dict]:
     return acc, gains
 
 
-# GRPO runs whose metrics.jsonl has a per-step sample accuracy: eval model name -> folder
-GRPO_RUNS = {"grpo": "grpo", "control_shuffled_rewards": "control_shuffled"}  # name -> folder
-_RUN_STAGE = {"grpo": "grpo", "control_shuffled_rewards": "controls"}  # the stage that writes it
+# GRPO runs whose metrics.jsonl has a per-step sample accuracy:
+# eval model name -> (folder, the stage that writes it, plot label)
+GRPO_RUNS = {"grpo": ("grpo", "grpo", "GRPO"),
+             "control_shuffled_rewards": ("control_shuffled", "controls", "shuffled rewards")}
 SAMPLE_WINDOW = 10  # steps averaged at the start and at the end of a GRPO run
 
 
@@ -107,11 +108,11 @@ def _mean(xs: list[float]) -> float:
 def grpo_runs(stages) -> dict[str, str]:
     """The GRPO runs (name -> folder) of a pipeline with `stages`: a folder of a stage left
     out is an earlier run's, trained from another SFT checkpoint, and not reported."""
-    return {name: folder for name, folder in GRPO_RUNS.items() if _RUN_STAGE[name] in stages}
+    return {name: folder for name, (folder, stage, _) in GRPO_RUNS.items() if stage in stages}
 
 
 def sample_accuracy(out: Path, greedy: dict[str, float] | None = None,
-                    stages=tuple(_RUN_STAGE.values())) -> dict[str, dict]:
+                    stages=tuple(stage for _, stage, _ in GRPO_RUNS.values())) -> dict[str, dict]:
     """GRPO run -> {steps, first10, last10, greedy_test}: its temperature-1 accuracy on each
     step's fresh training problems, averaged over the first and the last SAMPLE_WINDOW steps,
     beside the model's greedy test accuracy (`greedy`, None if not evaluated)."""
@@ -310,8 +311,7 @@ def plot(ctx: Context, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"grpo": "GRPO", "control_shuffled_rewards": "shuffled rewards"}
-    runs = {labels[name]: ctx.out / folder / "metrics.jsonl"
+    runs = {GRPO_RUNS[name][2]: ctx.out / folder / "metrics.jsonl"
             for name, folder in grpo_runs(ctx.recipe.pipeline.stages).items()}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for label, file in runs.items():

@@ -34,6 +34,7 @@ from mindxh.pipeline.evaluation import (
     test_set,
     tokenizer_of,
 )
+from mindxh.pipeline.inputs import OUTPUTS
 from mindxh.pipeline.recipes import derive_sft_recipe, with_overrides
 from mindxh.pipeline.results import (
     ControlsResult,
@@ -76,7 +77,7 @@ def copy_tokenizer(source: Path, out: Path) -> Tokenizer:
     tok = Tokenizer.load(source)  # a missing or unreadable file is an error before any copy
     names = ({"tokenizer.json": source, "tokenizer_config.json": source.with_name(
         "tokenizer_config.json")} if source.suffix == ".json" else {"tokenizer.model": source})
-    for stale in ("tokenizer.model", "tokenizer.vocab", "tokenizer.json", "tokenizer_config.json"):
+    for stale in OUTPUTS["tokenizer"]:  # another kind's, from an earlier run
         if stale not in names:
             (out / stale).unlink(missing_ok=True)
     for name, src in names.items():
